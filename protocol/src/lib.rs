@@ -1,0 +1,10 @@
+//! Wire types shared by the registry, the sidecar and their tests.
+//!
+//! Everything here is a plain serde type mirroring `SPEC.md`; there is no IO.
+//! Where SPEC says *compatible*, field names and defaults follow the original
+//! chatixia-mesh exactly, so old peers and agents interoperate unchanged.
+
+pub mod claims;
+pub mod ipc;
+pub mod mesh;
+pub mod signaling;

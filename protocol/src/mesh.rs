@@ -1,0 +1,70 @@
+//! The message carried on a `mesh` DataChannel (SPEC §5.3, compatible).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Label of the DataChannel the offerer creates.
+pub const DATA_CHANNEL_LABEL: &str = "mesh";
+
+/// One text DataChannel message. Defaults are filled and all five keys are
+/// always emitted; unknown keys are dropped; a missing or non-string `type`
+/// is rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeshMessage {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub request_id: String,
+    #[serde(default)]
+    pub source_agent: String,
+    #[serde(default)]
+    pub target_agent: String,
+    #[serde(default)]
+    pub payload: Value,
+}
+
+impl MeshMessage {
+    pub fn new(kind: &str, request_id: &str, payload: Value) -> Self {
+        MeshMessage {
+            kind: kind.to_owned(),
+            request_id: request_id.to_owned(),
+            source_agent: String::new(),
+            target_agent: String::new(),
+            payload,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fills_defaults_and_emits_all_five_keys() {
+        let m: MeshMessage = serde_json::from_str(r#"{"type":"ping","extra":true}"#).unwrap();
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            json!({"type":"ping","request_id":"","source_agent":"","target_agent":"","payload":null})
+        );
+    }
+
+    #[test]
+    fn rejects_missing_or_non_string_type() {
+        let err = serde_json::from_str::<MeshMessage>(r#"{"payload":1}"#).unwrap_err();
+        assert!(err.to_string().contains("missing field `type`"), "{err}");
+        assert!(serde_json::from_str::<MeshMessage>(r#"{"type":7}"#).is_err());
+    }
+
+    #[test]
+    fn round_trips_a_full_message() {
+        let text = json!({"type":"task_request","request_id":"r1","source_agent":"a",
+                          "target_agent":"b","payload":{"skill":"x","n":[1,2]}});
+        let m: MeshMessage = serde_json::from_value(text.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&m).unwrap(), text);
+    }
+}

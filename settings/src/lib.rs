@@ -1,0 +1,274 @@
+//! Every setting has one name, used as the environment variable (`PORT`), as
+//! the flag (`--port`) and in `.env`. A flag wins over the environment, the
+//! environment over `.env`, and `.env` over the built-in default.
+//!
+//! Kept dependency-free and tiny: the sidecar's binary budget is 4 MiB.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+/// One setting. `switch` settings take no value on the command line
+/// (`--dev`); in the environment they are on when set to `1` or `true`.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub name: &'static str,
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+    pub switch: bool,
+}
+
+impl Setting {
+    pub const fn value(
+        name: &'static str,
+        default: Option<&'static str>,
+        help: &'static str,
+    ) -> Self {
+        Setting {
+            name,
+            default,
+            help,
+            switch: false,
+        }
+    }
+    pub const fn switch(name: &'static str, help: &'static str) -> Self {
+        Setting {
+            name,
+            default: None,
+            help,
+            switch: true,
+        }
+    }
+    fn flag(&self) -> String {
+        format!("--{}", self.name.to_ascii_lowercase().replace('_', "-"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// `--help` was given; the text is the usage to print.
+    Help(String),
+    Invalid(String),
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseError::Help(text) => f.write_str(text),
+            ParseError::Invalid(msg) => f.write_str(msg),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    values: HashMap<&'static str, String>,
+    /// Arguments that are not flags, in order (subcommands and their operands).
+    pub positional: Vec<String>,
+}
+
+impl Settings {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn is_on(&self, name: &str) -> bool {
+        matches!(self.get(name), Some("1" | "true" | "yes" | "on"))
+    }
+
+    /// A parsed value, with an error naming the setting when it is malformed.
+    pub fn parse<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("{name}={v:?}: {e}")),
+        }
+    }
+}
+
+/// The usage text that `--help` prints.
+pub fn usage(program: &str, about: &str, settings: &[Setting]) -> String {
+    let mut out =
+        format!("{program}: {about}\n\nSettings (flag, or environment variable / .env entry):\n");
+    for s in settings {
+        let flag = if s.switch {
+            s.flag()
+        } else {
+            format!("{} <value>", s.flag())
+        };
+        let _ = write!(out, "  {flag:<32} {:<22} {}", s.name, s.help);
+        if let Some(d) = s.default {
+            let _ = write!(out, " [default: {d}]");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Parses `.env` text: `NAME=value` lines, `#` comments, optional `export`
+/// and surrounding quotes.
+pub fn parse_dotenv(text: &str) -> HashMap<String, String> {
+    let mut vars = HashMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            vars.insert(k.trim().to_owned(), v.to_owned());
+        }
+    }
+    vars
+}
+
+/// Resolves `settings` from `args` (without the program name), the
+/// environment lookup `env`, and `.env` variables.
+pub fn resolve(
+    program: &str,
+    about: &str,
+    settings: &[Setting],
+    args: impl IntoIterator<Item = String>,
+    env: impl Fn(&str) -> Option<String>,
+    dotenv: &HashMap<String, String>,
+) -> Result<Settings, ParseError> {
+    let mut out = Settings::default();
+    for s in settings {
+        let v = env(s.name)
+            .or_else(|| dotenv.get(s.name).cloned())
+            .or(s.default.map(str::to_owned));
+        if let Some(v) = v {
+            out.values.insert(s.name, v);
+        }
+    }
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "--help" || arg == "-h" {
+            return Err(ParseError::Help(usage(program, about, settings)));
+        }
+        if !arg.starts_with("--") {
+            out.positional.push(arg);
+            continue;
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+            None => (arg.clone(), None),
+        };
+        let Some(s) = settings.iter().find(|s| s.flag() == flag) else {
+            return Err(ParseError::Invalid(format!(
+                "unknown flag {flag} (see --help)"
+            )));
+        };
+        let value = if s.switch {
+            inline.unwrap_or_else(|| "1".to_owned())
+        } else {
+            match inline.or_else(|| args.next()) {
+                Some(v) => v,
+                None => return Err(ParseError::Invalid(format!("{flag} needs a value"))),
+            }
+        };
+        out.values.insert(s.name, value);
+    }
+    Ok(out)
+}
+
+/// [`resolve`] against the process: `std::env::args`, the environment, and
+/// `./.env` when present.
+pub fn from_process(
+    program: &str,
+    about: &str,
+    settings: &[Setting],
+) -> Result<Settings, ParseError> {
+    let dotenv = std::fs::read_to_string(".env")
+        .map(|t| parse_dotenv(&t))
+        .unwrap_or_default();
+    resolve(
+        program,
+        about,
+        settings,
+        std::env::args().skip(1),
+        |k| std::env::var(k).ok(),
+        &dotenv,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTINGS: &[Setting] = &[
+        Setting::value("PORT", Some("8080"), "port"),
+        Setting::value("STATE_DIR", None, "state"),
+        Setting::switch("CHATIXIA_DEV", "dev mode"),
+    ];
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn flag_beats_env_beats_dotenv_beats_default() {
+        let dotenv = parse_dotenv("PORT=1\nSTATE_DIR='/d'\n# c\nexport CHATIXIA_DEV=\"1\"\n");
+        let none = |_: &str| None;
+        let s = resolve("p", "a", SETTINGS, args(&[]), none, &HashMap::new()).unwrap();
+        assert_eq!(s.get("PORT"), Some("8080"));
+        let s = resolve("p", "a", SETTINGS, args(&[]), none, &dotenv).unwrap();
+        assert_eq!(s.get("PORT"), Some("1"));
+        assert_eq!(s.get("STATE_DIR"), Some("/d"));
+        assert!(s.is_on("CHATIXIA_DEV"));
+        let env = |k: &str| (k == "PORT").then(|| "2".to_owned());
+        let s = resolve("p", "a", SETTINGS, args(&[]), env, &dotenv).unwrap();
+        assert_eq!(s.get("PORT"), Some("2"));
+        let s = resolve("p", "a", SETTINGS, args(&["--port", "3"]), env, &dotenv).unwrap();
+        assert_eq!(s.parse::<u16>("PORT").unwrap(), Some(3));
+        let s = resolve("p", "a", SETTINGS, args(&["--port=4", "sub"]), env, &dotenv).unwrap();
+        assert_eq!(s.get("PORT"), Some("4"));
+        assert_eq!(s.positional, vec!["sub".to_owned()]);
+    }
+
+    #[test]
+    fn switches_and_errors() {
+        let none = |_: &str| None;
+        let s = resolve(
+            "p",
+            "a",
+            SETTINGS,
+            args(&["--chatixia-dev"]),
+            none,
+            &HashMap::new(),
+        )
+        .unwrap();
+        assert!(s.is_on("CHATIXIA_DEV"));
+        let e = resolve("p", "a", SETTINGS, args(&["--nope"]), none, &HashMap::new()).unwrap_err();
+        assert!(matches!(e, ParseError::Invalid(m) if m.contains("--nope")));
+        let e = resolve("p", "a", SETTINGS, args(&["--port"]), none, &HashMap::new()).unwrap_err();
+        assert!(matches!(e, ParseError::Invalid(m) if m.contains("needs a value")));
+        let e = resolve("p", "a", SETTINGS, args(&["--help"]), none, &HashMap::new()).unwrap_err();
+        assert!(
+            matches!(e, ParseError::Help(t) if t.contains("--state-dir <value>") && t.contains("[default: 8080]"))
+        );
+        let s = resolve(
+            "p",
+            "a",
+            SETTINGS,
+            args(&["--port", "x"]),
+            none,
+            &HashMap::new(),
+        )
+        .unwrap();
+        assert!(s.parse::<u16>("PORT").unwrap_err().contains("PORT"));
+    }
+}
