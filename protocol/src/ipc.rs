@@ -9,17 +9,10 @@ use serde_json::Value;
 /// problem precisely so the sidecar can answer with an `error` event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Send {
-        target_peer: String,
-        message: MeshMessage,
-    },
-    Broadcast {
-        message: MeshMessage,
-    },
+    Send { target_peer: String, message: MeshMessage },
+    Broadcast { message: MeshMessage },
     ListPeers,
-    Connect {
-        target_peer_id: String,
-    },
+    Connect { target_peer_id: String },
     Status,
 }
 
@@ -56,10 +49,8 @@ pub struct CommandError {
 
 impl Command {
     pub fn parse(line: &str) -> Result<Command, CommandError> {
-        let raw: RawCommand = serde_json::from_str(line).map_err(|e| CommandError {
-            command: None,
-            message: format!("not a command object: {e}"),
-        })?;
+        let raw: RawCommand = serde_json::from_str(line)
+            .map_err(|e| CommandError { command: None, message: format!("not a command object: {e}") })?;
         let fail = |e: serde_json::Error| CommandError {
             command: Some(raw.kind.clone()),
             message: format!("bad payload for {}: {e}", raw.kind),
@@ -67,23 +58,16 @@ impl Command {
         match raw.kind.as_str() {
             "send" => {
                 let p: SendPayload = serde_json::from_value(raw.payload.clone()).map_err(fail)?;
-                Ok(Command::Send {
-                    target_peer: p.target_peer,
-                    message: p.message,
-                })
+                Ok(Command::Send { target_peer: p.target_peer, message: p.message })
             }
             "broadcast" => {
-                let p: BroadcastPayload =
-                    serde_json::from_value(raw.payload.clone()).map_err(fail)?;
+                let p: BroadcastPayload = serde_json::from_value(raw.payload.clone()).map_err(fail)?;
                 Ok(Command::Broadcast { message: p.message })
             }
             "list_peers" => Ok(Command::ListPeers),
             "connect" => {
-                let p: ConnectPayload =
-                    serde_json::from_value(raw.payload.clone()).map_err(fail)?;
-                Ok(Command::Connect {
-                    target_peer_id: p.target_peer_id,
-                })
+                let p: ConnectPayload = serde_json::from_value(raw.payload.clone()).map_err(fail)?;
+                Ok(Command::Connect { target_peer_id: p.target_peer_id })
             }
             "status" => Ok(Command::Status),
             other => Err(CommandError {
@@ -98,19 +82,10 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
 pub enum Event {
-    Message {
-        from_peer: String,
-        message: MeshMessage,
-    },
-    PeerConnected {
-        peer_id: String,
-    },
-    PeerDisconnected {
-        peer_id: String,
-    },
-    PeerList {
-        peers: Vec<String>,
-    },
+    Message { from_peer: String, message: MeshMessage },
+    PeerConnected { peer_id: String },
+    PeerDisconnected { peer_id: String },
+    PeerList { peers: Vec<String> },
     Error(ErrorEvent),
     Status(StatusEvent),
 }
@@ -166,33 +141,19 @@ mod tests {
         )
         .unwrap();
         match c {
-            Command::Send {
-                target_peer,
-                message,
-            } => {
+            Command::Send { target_peer, message } => {
                 assert_eq!(target_peer, "agent-2");
                 assert_eq!(message.kind, "hello");
                 assert_eq!(message.request_id, "");
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            Command::parse(r#"{"type":"list_peers","payload":{}}"#).unwrap(),
-            Command::ListPeers
-        );
-        assert_eq!(
-            Command::parse(r#"{"type":"list_peers"}"#).unwrap(),
-            Command::ListPeers
-        );
-        assert_eq!(
-            Command::parse(r#"{"type":"status"}"#).unwrap(),
-            Command::Status
-        );
+        assert_eq!(Command::parse(r#"{"type":"list_peers","payload":{}}"#).unwrap(), Command::ListPeers);
+        assert_eq!(Command::parse(r#"{"type":"list_peers"}"#).unwrap(), Command::ListPeers);
+        assert_eq!(Command::parse(r#"{"type":"status"}"#).unwrap(), Command::Status);
         assert_eq!(
             Command::parse(r#"{"type":"connect","payload":{"target_peer_id":"p"}}"#).unwrap(),
-            Command::Connect {
-                target_peer_id: "p".into()
-            }
+            Command::Connect { target_peer_id: "p".into() }
         );
         assert!(matches!(
             Command::parse(r#"{"type":"broadcast","payload":{"message":{"type":"t"}}}"#).unwrap(),
@@ -204,8 +165,7 @@ mod tests {
     fn names_the_problem_of_bad_commands() {
         let e = Command::parse("not json").unwrap_err();
         assert_eq!(e.command, None);
-        let e =
-            Command::parse(r#"{"type":"send","payload":{"message":{"type":"x"}}}"#).unwrap_err();
+        let e = Command::parse(r#"{"type":"send","payload":{"message":{"type":"x"}}}"#).unwrap_err();
         assert_eq!(e.command.as_deref(), Some("send"));
         assert!(e.message.contains("target_peer"), "{}", e.message);
         let e = Command::parse(r#"{"type":"fly"}"#).unwrap_err();
@@ -215,11 +175,7 @@ mod tests {
     #[test]
     fn events_match_spec_literals() {
         let m = MeshMessage::new("pong", "r", Value::Null);
-        let line = Event::Message {
-            from_peer: "a".into(),
-            message: m,
-        }
-        .to_line();
+        let line = Event::Message { from_peer: "a".into(), message: m }.to_line();
         assert!(line.ends_with('\n'));
         assert_eq!(
             serde_json::from_str::<Value>(&line).unwrap(),
@@ -227,21 +183,15 @@ mod tests {
                 {"type":"pong","request_id":"r","source_agent":"","target_agent":"","payload":null}}})
         );
         assert_eq!(
-            serde_json::to_value(Event::PeerConnected {
-                peer_id: "b".into()
-            })
-            .unwrap(),
+            serde_json::to_value(Event::PeerConnected { peer_id: "b".into() }).unwrap(),
             json!({"type":"peer_connected","payload":{"peer_id":"b"}})
         );
         assert_eq!(
             serde_json::to_value(Event::PeerList { peers: vec![] }).unwrap(),
             json!({"type":"peer_list","payload":{"peers":[]}})
         );
-        let dropped = Event::Error(ErrorEvent {
-            code: error_codes::EVENTS_DROPPED.into(),
-            count: Some(3),
-            ..Default::default()
-        });
+        let dropped =
+            Event::Error(ErrorEvent { code: error_codes::EVENTS_DROPPED.into(), count: Some(3), ..Default::default() });
         assert_eq!(
             serde_json::to_value(dropped).unwrap(),
             json!({"type":"error","payload":{"code":"events_dropped","count":3}})

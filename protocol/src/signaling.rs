@@ -166,28 +166,20 @@ mod tests {
 
     #[test]
     fn envelope_omits_absent_target_and_defaults_payload() {
-        let e: Envelope =
-            serde_json::from_str(r#"{"type":"register","peer_id":"agent-001"}"#).unwrap();
+        let e: Envelope = serde_json::from_str(r#"{"type":"register","peer_id":"agent-001"}"#).unwrap();
         assert_eq!(e.kind, "register");
         assert_eq!(e.payload, Value::Null);
         assert_eq!(e.target_id, None);
-        assert_eq!(
-            e.to_json(),
-            r#"{"type":"register","peer_id":"agent-001","payload":null}"#
-        );
+        assert_eq!(e.to_json(), r#"{"type":"register","peer_id":"agent-001","payload":null}"#);
     }
 
     #[test]
     fn envelope_keeps_all_four_fields_and_ignores_unknown() {
-        let text =
-            r#"{"type":"offer","peer_id":"a","target_id":"b","payload":{"sdp":"v=0"},"extra":1}"#;
+        let text = r#"{"type":"offer","peer_id":"a","target_id":"b","payload":{"sdp":"v=0"},"extra":1}"#;
         let e: Envelope = serde_json::from_str(text).unwrap();
         assert_eq!(e.target_id.as_deref(), Some("b"));
         let back: Value = serde_json::from_str(&e.to_json()).unwrap();
-        assert_eq!(
-            back,
-            json!({"type":"offer","peer_id":"a","target_id":"b","payload":{"sdp":"v=0"}})
-        );
+        assert_eq!(back, json!({"type":"offer","peer_id":"a","target_id":"b","payload":{"sdp":"v=0"}}));
     }
 
     #[test]
@@ -210,33 +202,19 @@ mod tests {
 
     #[test]
     fn registry_frames_match_spec_literals() {
-        let pl = Envelope::from_registry(
-            types::PEER_LIST,
-            PeerListPayload {
-                peers: vec!["b".into()],
-            },
-        );
+        let pl = Envelope::from_registry(types::PEER_LIST, PeerListPayload { peers: vec!["b".into()] });
         assert_eq!(
             serde_json::to_value(&pl).unwrap(),
             json!({"type":"peer_list","peer_id":"registry","payload":{"peers":["b"]}})
         );
-        let left = Envelope::from_registry(
-            types::PEER_LEFT,
-            PeerLeftPayload {
-                peer_id: "x".into(),
-            },
-        );
+        let left = Envelope::from_registry(types::PEER_LEFT, PeerLeftPayload { peer_id: "x".into() });
         assert_eq!(
             serde_json::to_value(&left).unwrap(),
             json!({"type":"peer_left","peer_id":"registry","payload":{"peer_id":"x"}})
         );
         let health = Envelope::from_registry(
             types::MESH_HEALTH,
-            MeshHealthPayload {
-                connected_peers: 2,
-                authorized_peers: 1,
-                uptime_s: 5,
-            },
+            MeshHealthPayload { connected_peers: 2, authorized_peers: 1, uptime_s: 5 },
         );
         assert_eq!(
             serde_json::to_value(&health).unwrap(),

@@ -15,30 +15,25 @@ pub struct Setting {
     pub default: Option<&'static str>,
     pub help: &'static str,
     pub switch: bool,
+    /// A flag other than the one derived from `name`.
+    pub flag: Option<&'static str>,
 }
 
 impl Setting {
-    pub const fn value(
-        name: &'static str,
-        default: Option<&'static str>,
-        help: &'static str,
-    ) -> Self {
-        Setting {
-            name,
-            default,
-            help,
-            switch: false,
-        }
+    pub const fn value(name: &'static str, default: Option<&'static str>, help: &'static str) -> Self {
+        Setting { name, default, help, switch: false, flag: None }
     }
     pub const fn switch(name: &'static str, help: &'static str) -> Self {
-        Setting {
-            name,
-            default: None,
-            help,
-            switch: true,
-        }
+        Setting { name, default: None, help, switch: true, flag: None }
+    }
+    pub const fn with_flag(mut self, flag: &'static str) -> Self {
+        self.flag = Some(flag);
+        self
     }
     fn flag(&self) -> String {
+        if let Some(flag) = self.flag {
+            return flag.to_owned();
+        }
         format!("--{}", self.name.to_ascii_lowercase().replace('_', "-"))
     }
 }
@@ -68,10 +63,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.values
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.values.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     pub fn is_on(&self, name: &str) -> bool {
@@ -85,24 +77,16 @@ impl Settings {
     {
         match self.get(name) {
             None => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|e| format!("{name}={v:?}: {e}")),
+            Some(v) => v.parse().map(Some).map_err(|e| format!("{name}={v:?}: {e}")),
         }
     }
 }
 
 /// The usage text that `--help` prints.
 pub fn usage(program: &str, about: &str, settings: &[Setting]) -> String {
-    let mut out =
-        format!("{program}: {about}\n\nSettings (flag, or environment variable / .env entry):\n");
+    let mut out = format!("{program}: {about}\n\nSettings (flag, or environment variable / .env entry):\n");
     for s in settings {
-        let flag = if s.switch {
-            s.flag()
-        } else {
-            format!("{} <value>", s.flag())
-        };
+        let flag = if s.switch { s.flag() } else { format!("{} <value>", s.flag()) };
         let _ = write!(out, "  {flag:<32} {:<22} {}", s.name, s.help);
         if let Some(d) = s.default {
             let _ = write!(out, " [default: {d}]");
@@ -147,9 +131,7 @@ pub fn resolve(
 ) -> Result<Settings, ParseError> {
     let mut out = Settings::default();
     for s in settings {
-        let v = env(s.name)
-            .or_else(|| dotenv.get(s.name).cloned())
-            .or(s.default.map(str::to_owned));
+        let v = env(s.name).or_else(|| dotenv.get(s.name).cloned()).or(s.default.map(str::to_owned));
         if let Some(v) = v {
             out.values.insert(s.name, v);
         }
@@ -168,9 +150,7 @@ pub fn resolve(
             None => (arg.clone(), None),
         };
         let Some(s) = settings.iter().find(|s| s.flag() == flag) else {
-            return Err(ParseError::Invalid(format!(
-                "unknown flag {flag} (see --help)"
-            )));
+            return Err(ParseError::Invalid(format!("unknown flag {flag} (see --help)")));
         };
         let value = if s.switch {
             inline.unwrap_or_else(|| "1".to_owned())
@@ -187,22 +167,9 @@ pub fn resolve(
 
 /// [`resolve`] against the process: `std::env::args`, the environment, and
 /// `./.env` when present.
-pub fn from_process(
-    program: &str,
-    about: &str,
-    settings: &[Setting],
-) -> Result<Settings, ParseError> {
-    let dotenv = std::fs::read_to_string(".env")
-        .map(|t| parse_dotenv(&t))
-        .unwrap_or_default();
-    resolve(
-        program,
-        about,
-        settings,
-        std::env::args().skip(1),
-        |k| std::env::var(k).ok(),
-        &dotenv,
-    )
+pub fn from_process(program: &str, about: &str, settings: &[Setting]) -> Result<Settings, ParseError> {
+    let dotenv = std::fs::read_to_string(".env").map(|t| parse_dotenv(&t)).unwrap_or_default();
+    resolve(program, about, settings, std::env::args().skip(1), |k| std::env::var(k).ok(), &dotenv)
 }
 
 #[cfg(test)]
@@ -212,7 +179,7 @@ mod tests {
     const SETTINGS: &[Setting] = &[
         Setting::value("PORT", Some("8080"), "port"),
         Setting::value("STATE_DIR", None, "state"),
-        Setting::switch("CHATIXIA_DEV", "dev mode"),
+        Setting::switch("CHATIXIA_DEV", "dev mode").with_flag("--dev"),
     ];
 
     fn args(list: &[&str]) -> Vec<String> {
@@ -242,33 +209,15 @@ mod tests {
     #[test]
     fn switches_and_errors() {
         let none = |_: &str| None;
-        let s = resolve(
-            "p",
-            "a",
-            SETTINGS,
-            args(&["--chatixia-dev"]),
-            none,
-            &HashMap::new(),
-        )
-        .unwrap();
+        let s = resolve("p", "a", SETTINGS, args(&["--dev"]), none, &HashMap::new()).unwrap();
         assert!(s.is_on("CHATIXIA_DEV"));
         let e = resolve("p", "a", SETTINGS, args(&["--nope"]), none, &HashMap::new()).unwrap_err();
         assert!(matches!(e, ParseError::Invalid(m) if m.contains("--nope")));
         let e = resolve("p", "a", SETTINGS, args(&["--port"]), none, &HashMap::new()).unwrap_err();
         assert!(matches!(e, ParseError::Invalid(m) if m.contains("needs a value")));
         let e = resolve("p", "a", SETTINGS, args(&["--help"]), none, &HashMap::new()).unwrap_err();
-        assert!(
-            matches!(e, ParseError::Help(t) if t.contains("--state-dir <value>") && t.contains("[default: 8080]"))
-        );
-        let s = resolve(
-            "p",
-            "a",
-            SETTINGS,
-            args(&["--port", "x"]),
-            none,
-            &HashMap::new(),
-        )
-        .unwrap();
+        assert!(matches!(e, ParseError::Help(t) if t.contains("--state-dir <value>") && t.contains("[default: 8080]")));
+        let s = resolve("p", "a", SETTINGS, args(&["--port", "x"]), none, &HashMap::new()).unwrap();
         assert!(s.parse::<u16>("PORT").unwrap_err().contains("PORT"));
     }
 }

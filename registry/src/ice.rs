@@ -1,0 +1,49 @@
+//! `GET /api/config` (SPEC §5.4, compatible): STUN servers, and a TURN server
+//! with coturn REST credentials when `TURN_URL` and `TURN_SECRET` are set.
+
+use serde_json::{Value, json};
+
+/// coturn's REST scheme: username `<expiry>:mesh`, credential
+/// base64(HMAC-SHA1(secret, username)).
+pub fn turn_credentials(secret: &str, now_unix: u64) -> (String, String) {
+    use ct_codecs::Encoder as _;
+    let username = format!("{}:mesh", now_unix + 86_400);
+    let mac = hmac_sha1_compact::HMAC::mac(username.as_bytes(), secret.as_bytes());
+    let credential = ct_codecs::Base64::encode_to_string(mac).unwrap_or_default();
+    (username, credential)
+}
+
+pub fn ice_config(stun_urls: &[String], turn: Option<(&str, &str)>, now_unix: u64) -> Value {
+    let mut servers = Vec::new();
+    if !stun_urls.is_empty() {
+        servers.push(json!({"urls": stun_urls}));
+    }
+    if let Some((url, secret)) = turn {
+        let (username, credential) = turn_credentials(secret, now_unix);
+        servers.push(json!({"urls": [url], "username": username, "credential": credential}));
+    }
+    json!({"iceServers": servers})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turn_credentials_follow_coturn_rest() {
+        let (user, cred) = turn_credentials("s3cret", 1_000);
+        assert_eq!(user, "87400:mesh");
+        // HMAC-SHA1("s3cret", "87400:mesh"), computed independently with
+        // Python's hmac module.
+        assert_eq!(cred, "Z1pc+7Tkq6nfQA+ASqRaqc1D9gM=");
+    }
+
+    #[test]
+    fn config_has_stun_and_optional_turn() {
+        let stun = vec!["stun:stun.l.google.com:19302".to_owned()];
+        assert_eq!(ice_config(&stun, None, 0), json!({"iceServers":[{"urls":["stun:stun.l.google.com:19302"]}]}));
+        let v = ice_config(&stun, Some(("turn:t:3478", "k")), 0);
+        assert_eq!(v["iceServers"][1]["urls"], json!(["turn:t:3478"]));
+        assert_eq!(v["iceServers"][1]["username"], "86400:mesh");
+    }
+}

@@ -1,0 +1,185 @@
+//! The API keys file (SPEC §2.1).
+//!
+//! Keys are held only as SHA-256 digests: a plain key in the file is hashed
+//! on load, a `sha256:<hex>` entry is taken as its digest. Lookup hashes the
+//! presented key, so no clear key stays in memory and comparison time does
+//! not depend on how much of a key matched.
+
+use chatixia_protocol::claims::{ROLE_ADMIN, ROLE_AGENT};
+use ct_codecs::Decoder as _;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+/// The original's development key, only with `--dev`.
+pub const DEV_KEY: &str = "ak_dev_001";
+pub const DEV_PEER_ID: &str = "agent-001";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct KeyEntry {
+    pub peer_id: String,
+    #[serde(default = "default_role")]
+    pub role: String,
+}
+
+fn default_role() -> String {
+    ROLE_AGENT.to_owned()
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct KeyStore {
+    by_digest: HashMap<[u8; 32], KeyEntry>,
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    hmac_sha256::Hash::hash(data)
+}
+
+impl KeyStore {
+    pub fn dev() -> Self {
+        let mut store = KeyStore::default();
+        store
+            .by_digest
+            .insert(sha256(DEV_KEY.as_bytes()), KeyEntry { peer_id: DEV_PEER_ID.into(), role: ROLE_AGENT.into() });
+        store
+    }
+
+    /// Parses the file's text; both `{"keys": {...}}` and the bare map.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let root: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        let Value::Object(mut root) = root else {
+            return Err("expected a JSON object with a \"keys\" object".into());
+        };
+        let map = match root.remove("keys") {
+            Some(Value::Object(keys)) if !is_entry(&keys) => keys,
+            Some(_) if root.is_empty() => return Err("\"keys\" must be an object of key entries".into()),
+            Some(other) => {
+                // A bare map that happens to contain a key named "keys".
+                root.insert("keys".into(), other);
+                root
+            }
+            None => root,
+        };
+        let mut store = KeyStore::default();
+        for (key, entry) in map {
+            let entry: KeyEntry = serde_json::from_value(entry).map_err(|e| format!("entry {}: {e}", redact(&key)))?;
+            if entry.peer_id.is_empty() {
+                return Err(format!("entry {}: empty peer_id", redact(&key)));
+            }
+            if entry.role != ROLE_AGENT && entry.role != ROLE_ADMIN {
+                return Err(format!(
+                    "entry {}: role {:?} is neither \"agent\" nor \"admin\"",
+                    redact(&key),
+                    entry.role
+                ));
+            }
+            let digest = match key.strip_prefix("sha256:") {
+                Some(hex) => {
+                    parse_digest(hex).ok_or_else(|| format!("entry {}: sha256 needs 64 hex digits", redact(&key)))?
+                }
+                None if key.is_empty() => return Err("an entry has an empty key".into()),
+                None => sha256(key.as_bytes()),
+            };
+            store.by_digest.insert(digest, entry);
+        }
+        Ok(store)
+    }
+
+    /// Adds `other`'s keys; on a clash, `other` wins.
+    pub fn merge(&mut self, other: KeyStore) {
+        self.by_digest.extend(other.by_digest);
+    }
+
+    pub fn lookup(&self, presented: &str) -> Option<&KeyEntry> {
+        self.by_digest.get(&sha256(presented.as_bytes()))
+    }
+
+    pub fn has_peer(&self, peer_id: &str) -> bool {
+        self.by_digest.values().any(|e| e.peer_id == peer_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+}
+
+fn is_entry(obj: &Map<String, Value>) -> bool {
+    obj.contains_key("peer_id")
+}
+
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    let bytes = ct_codecs::Hex::decode(&mut out, hex, None).ok()?;
+    (bytes.len() == 32).then_some(out)
+}
+
+/// Names a key in messages without writing it to a log.
+fn redact(key: &str) -> String {
+    if key.starts_with("sha256:") {
+        return key.chars().take(15).collect::<String>() + "…";
+    }
+    let head: String = key.chars().take(4).collect();
+    format!("{head}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ct_codecs::Encoder as _;
+
+    #[test]
+    fn reads_wrapped_and_bare_shapes() {
+        for text in [
+            r#"{"keys":{"k1":{"peer_id":"agent-1","role":"agent"},"k2":{"peer_id":"boss","role":"admin"}}}"#,
+            r#"{"k1":{"peer_id":"agent-1","role":"agent"},"k2":{"peer_id":"boss","role":"admin"}}"#,
+        ] {
+            let s = KeyStore::parse(text).unwrap();
+            assert_eq!(s.len(), 2);
+            assert_eq!(s.lookup("k1").unwrap().peer_id, "agent-1");
+            assert_eq!(s.lookup("k2").unwrap().role, "admin");
+            assert!(s.lookup("k3").is_none());
+            assert!(s.has_peer("boss"));
+        }
+    }
+
+    #[test]
+    fn matches_hashed_keys() {
+        let digest = ct_codecs::Hex::encode_to_string(sha256(b"secret-key")).unwrap();
+        let text = format!(r#"{{"keys":{{"sha256:{digest}":{{"peer_id":"h","role":"agent"}}}}}}"#);
+        let s = KeyStore::parse(&text).unwrap();
+        assert_eq!(s.lookup("secret-key").unwrap().peer_id, "h");
+        assert!(s.lookup(&format!("sha256:{digest}")).is_none());
+    }
+
+    #[test]
+    fn malformed_files_are_errors_that_say_why() {
+        let cases = [
+            ("{", "not valid JSON"),
+            ("[]", "JSON object"),
+            (r#"{"keys":[]}"#, "\"keys\" must be an object"),
+            (r#"{"keys":{"k":{"role":"agent"}}}"#, "peer_id"),
+            (r#"{"keys":{"k":{"peer_id":"a","role":"root"}}}"#, "neither"),
+            (r#"{"keys":{"sha256:zz":{"peer_id":"a"}}}"#, "64 hex"),
+            (r#"{"keys":{"k":"a"}}"#, "entry"),
+        ];
+        for (text, needle) in cases {
+            let err = KeyStore::parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn errors_never_contain_the_key() {
+        let err = KeyStore::parse(r#"{"keys":{"supersecretkey":{"peer_id":""}}}"#).unwrap_err();
+        assert!(!err.contains("supersecretkey"), "{err}");
+    }
+
+    #[test]
+    fn dev_store_has_the_original_dev_key() {
+        assert_eq!(KeyStore::dev().lookup(DEV_KEY).unwrap().peer_id, DEV_PEER_ID);
+    }
+}

@@ -1,0 +1,14 @@
+//! chatixia-registry: a sans-IO core (this library) and a thin smol shell
+//! (`shell`, used by the binary).
+
+pub mod agents;
+pub mod api;
+pub mod hub;
+pub mod ice;
+pub mod keys;
+pub mod ratelimit;
+pub mod shell;
+pub mod state;
+pub mod tasks;
+pub mod token;
+pub mod topology;

@@ -1,0 +1,218 @@
+//! The smol shell: sockets, timers and signals around the sans-IO core.
+//! Everything runs on one thread (plus async-io's reactor), so the core is
+//! shared as `Rc<RefCell<_>>` and never borrowed across an `.await`.
+
+mod http;
+mod rewind;
+mod ws;
+
+use crate::api::{Now, Registry};
+use crate::hub::{ConnId, HubOutput};
+use crate::keys::KeyStore;
+use async_tungstenite::tungstenite::Message;
+use smol::{Async, LocalExecutor, Timer};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+#[derive(Debug, Clone)]
+pub struct ShellConfig {
+    pub bind: SocketAddr,
+    pub keys_file: PathBuf,
+    pub dev: bool,
+    /// Open TCP connections (HTTP and WebSocket) at most.
+    pub max_connections: usize,
+    /// Frames queued towards one WebSocket before it counts as too slow.
+    pub ws_send_queue: usize,
+    /// Frames above this are not even buffered: the socket is closed (1009).
+    pub ws_hard_cap: usize,
+}
+
+/// A WebSocket's outgoing side, as the dispatcher sees it.
+struct ConnHandle {
+    tx: async_channel::Sender<Message>,
+    close: Rc<Cell<Option<(u16, &'static str)>>>,
+}
+
+impl ConnHandle {
+    fn close(&self, code: u16, reason: &'static str) {
+        if self.close.get().is_none() {
+            self.close.set(Some((code, reason)));
+        }
+        self.tx.close();
+    }
+}
+
+struct Shared {
+    registry: RefCell<Registry>,
+    conns: RefCell<HashMap<ConnId, ConnHandle>>,
+    next_conn: Cell<ConnId>,
+    open_sockets: Cell<usize>,
+    config: ShellConfig,
+}
+
+impl Shared {
+    /// Moves every output of the hub to the sockets. A connection whose
+    /// queue is full is closed: the relay never waits for one slow peer.
+    fn dispatch(&self) {
+        let mut registry = self.registry.borrow_mut();
+        let conns = self.conns.borrow();
+        while let Some(out) = registry.hub.poll_output() {
+            match out {
+                HubOutput::Send { conn, text } => {
+                    let Some(h) = conns.get(&conn) else { continue };
+                    if let Err(async_channel::TrySendError::Full(_)) = h.tx.try_send(Message::text(text)) {
+                        log::warn!("connection {conn} is not reading; closing it");
+                        registry.hub.record_drop("slow_consumer");
+                        h.close(1008, "too slow");
+                    }
+                }
+                HubOutput::Ping { conn } => {
+                    if let Some(h) = conns.get(&conn) {
+                        let _ = h.tx.try_send(Message::Ping(Default::default()));
+                    }
+                }
+                HubOutput::Close { conn, code, reason } => {
+                    if let Some(h) = conns.get(&conn) {
+                        h.close(code, reason);
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn now() -> Now {
+    Now { mono: Instant::now(), wall: SystemTime::now() }
+}
+
+/// Loads the keys file: `Ok(None)` when it does not exist.
+pub fn load_keys(path: &std::path::Path, dev: bool) -> Result<KeyStore, String> {
+    let mut keys = match std::fs::read_to_string(path) {
+        Ok(text) => KeyStore::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            log::warn!(
+                "no API keys file at {}; no static keys are loaded. Create it as \
+                 {{\"keys\": {{\"<key>\": {{\"peer_id\": \"<id>\", \"role\": \"agent\"}}}}}} and send SIGHUP",
+                path.display()
+            );
+            KeyStore::default()
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    if dev {
+        log::warn!("--dev: accepting the well-known development key for agent-001");
+        keys.merge(KeyStore::dev());
+    }
+    Ok(keys)
+}
+
+pub fn run(registry: Registry, config: ShellConfig) -> Result<(), String> {
+    let listener = TcpListener::bind(config.bind).map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
+    let listener = Async::new(listener).map_err(|e| e.to_string())?;
+    let local = listener.get_ref().local_addr().map_err(|e| e.to_string())?;
+    let shared = Rc::new(Shared {
+        registry: RefCell::new(registry),
+        conns: RefCell::new(HashMap::new()),
+        next_conn: Cell::new(1),
+        open_sockets: Cell::new(0),
+        config,
+    });
+    let ex = Rc::new(LocalExecutor::new());
+    let signals =
+        async_signal::Signals::new([async_signal::Signal::Hup, async_signal::Signal::Term, async_signal::Signal::Int])
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    log::info!("listening on http://{local} (WebSocket at ws://{local}/ws)");
+    smol::block_on(ex.run(async {
+        ex.spawn(accept_loop(ex.clone(), shared.clone(), listener)).detach();
+        ex.spawn(tick_loop(shared.clone())).detach();
+        wait_for_shutdown(&shared, signals).await;
+        shutdown(&shared).await;
+    }));
+    log::info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop(ex: Rc<LocalExecutor<'static>>, shared: Rc<Shared>, listener: Async<TcpListener>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning.
+                log::warn!("accept failed: {e}");
+                Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if shared.open_sockets.get() >= shared.config.max_connections {
+            log::warn!("refusing connection from {peer}: {} connections open", shared.open_sockets.get());
+            continue;
+        }
+        let _ = stream.get_ref().set_nodelay(true);
+        let guard = SocketGuard::new(&shared);
+        ex.spawn(http::serve(ex.clone(), shared.clone(), stream, peer, guard)).detach();
+    }
+}
+
+/// Counts an open socket for as long as any part of its handling lives.
+struct SocketGuard(Rc<Shared>);
+
+impl SocketGuard {
+    fn new(shared: &Rc<Shared>) -> Rc<Self> {
+        shared.open_sockets.set(shared.open_sockets.get() + 1);
+        Rc::new(SocketGuard(shared.clone()))
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        self.0.open_sockets.set(self.0.open_sockets.get().saturating_sub(1));
+    }
+}
+
+async fn tick_loop(shared: Rc<Shared>) {
+    loop {
+        Timer::after(Duration::from_secs(5)).await;
+        shared.registry.borrow_mut().hub.handle_tick(Instant::now());
+        shared.dispatch();
+    }
+}
+
+async fn wait_for_shutdown(shared: &Shared, mut signals: async_signal::Signals) {
+    use futures_lite::StreamExt;
+    while let Some(Ok(signal)) = signals.next().await {
+        match signal {
+            async_signal::Signal::Hup => reload_keys(shared),
+            other => {
+                log::info!("received {other:?}; shutting down");
+                return;
+            }
+        }
+    }
+}
+
+fn reload_keys(shared: &Shared) {
+    match load_keys(&shared.config.keys_file, shared.config.dev) {
+        Ok(keys) => {
+            let count = keys.len();
+            shared.registry.borrow_mut().replace_keys(keys);
+            shared.dispatch();
+            log::info!("reloaded {count} API keys from {}", shared.config.keys_file.display());
+        }
+        Err(e) => log::error!("keeping the current keys; reload failed: {e}"),
+    }
+}
+
+/// Closes every WebSocket with "going away" and gives them a moment to flush.
+async fn shutdown(shared: &Shared) {
+    for h in shared.conns.borrow().values() {
+        h.close(1001, "registry shutting down");
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !shared.conns.borrow().is_empty() && Instant::now() < deadline {
+        Timer::after(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,143 @@
+//! The state directory: crash-safe files and the generated signing secret
+//! (SPEC §2.3, §4.4). Every write goes to a temporary file that is fsynced,
+//! renamed over the target, and the directory fsynced, so a `kill -9` at any
+//! moment leaves either the old or the new content, never a torn file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub const SECRET_FILE: &str = "signaling-secret";
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating with mode 0700 if needed) the state directory.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, String> {
+        let path = path.into();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| format!("cannot create state directory {}: {e}", path.display()))?;
+        Ok(StateDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Reads a state file; `Ok(None)` when it does not exist.
+    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        let path = self.file(name);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// Replaces `name` atomically and durably with `bytes`, mode 0600.
+    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        let target = self.file(name);
+        let tmp = self.file(&format!(".{name}.tmp"));
+        let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", target.display());
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| fail("create a temporary file for", e))?;
+        f.write_all(bytes).map_err(|e| fail("write", e))?;
+        f.sync_all().map_err(|e| fail("fsync", e))?;
+        drop(f);
+        fs::rename(&tmp, &target).map_err(|e| fail("rename into", e))?;
+        File::open(&self.path).and_then(|d| d.sync_all()).map_err(|e| fail("fsync the directory of", e))?;
+        Ok(())
+    }
+
+    /// The signing secret kept in the state directory, generated on first
+    /// use. A file that is not what we wrote is an error, never replaced.
+    pub fn load_or_create_secret(&self) -> Result<Vec<u8>, String> {
+        let path = self.file(SECRET_FILE);
+        if let Some(bytes) = self.read(SECRET_FILE)? {
+            let mode = fs::metadata(&path).map(|m| m.permissions().mode() & 0o077).unwrap_or(0);
+            if mode != 0 {
+                log::warn!("{} is readable by others (mode {mode:o}); it should be 0600", path.display());
+            }
+            let text = String::from_utf8(bytes).map_err(|_| format!("{} is not text", path.display()))?;
+            let hex = text.trim();
+            let mut secret = [0u8; 32];
+            use ct_codecs::Decoder as _;
+            let decoded = ct_codecs::Hex::decode(&mut secret, hex, None)
+                .map_err(|_| format!("{} must hold 64 hex digits; refusing to replace it", path.display()))?;
+            if decoded.len() != 32 {
+                return Err(format!("{} must hold 64 hex digits; refusing to replace it", path.display()));
+            }
+            return Ok(secret.to_vec());
+        }
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| format!("no randomness for the secret: {e}"))?;
+        use ct_codecs::Encoder as _;
+        let hex = ct_codecs::Hex::encode_to_string(secret).map_err(|e| e.to_string())?;
+        self.write_atomic(SECRET_FILE, format!("{hex}\n").as_bytes())?;
+        log::info!("generated a new signing secret in {}", path.display());
+        Ok(secret.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("chatixia-state-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn secret_is_generated_once_with_mode_0600_and_then_reused() {
+        let dir = temp_dir("secret");
+        let state = StateDir::open(&dir).unwrap();
+        let a = state.load_or_create_secret().unwrap();
+        let b = StateDir::open(&dir).unwrap().load_or_create_secret().unwrap();
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, b);
+        let mode = fs::metadata(dir.join(SECRET_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_secret_is_an_error_and_left_untouched() {
+        let dir = temp_dir("corrupt");
+        let state = StateDir::open(&dir).unwrap();
+        fs::write(dir.join(SECRET_FILE), "abc").unwrap();
+        let err = state.load_or_create_secret().unwrap_err();
+        assert!(err.contains("refusing"), "{err}");
+        assert_eq!(fs::read_to_string(dir.join(SECRET_FILE)).unwrap(), "abc");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn atomic_write_replaces_content_and_leaves_no_temp_file() {
+        let dir = temp_dir("atomic");
+        let state = StateDir::open(&dir).unwrap();
+        state.write_atomic("f", b"one").unwrap();
+        state.write_atomic("f", b"two").unwrap();
+        assert_eq!(state.read("f").unwrap().unwrap(), b"two");
+        assert_eq!(state.read("missing").unwrap(), None);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
