@@ -1,0 +1,1483 @@
+//! One WebRTC link to one remote peer (SPEC §5): a sans-IO wrapper around a
+//! `str0m::Rtc` that carries the mesh DataChannel.
+//!
+//! Nothing here touches a socket, a clock or a thread. The owner feeds
+//! datagrams ([`PeerLink::handle_receive`]) and time
+//! ([`PeerLink::handle_timeout`]), and after *every* call that takes
+//! `&mut self` drains [`PeerLink::poll_output`] until it returns
+//! [`LinkOutput::Timeout`]. That is str0m's single-mutation contract; skipping
+//! a drain stalls the link.
+//!
+//! A link never takes the process down: any error or panic inside str0m ends
+//! that link with [`LinkOutput::Closed`] (SPEC §5.2).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use chatixia_protocol::mesh::DATA_CHANNEL_LABEL;
+use chatixia_protocol::signaling::IceCandidatePayload;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
+
+/// SPEC §6.1: keeps every IPC `message` line of the original agent under 64 KiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 65_000;
+/// Per-peer outgoing queue bound used while the SCTP send buffer is full.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 1 << 20;
+/// Bound on remote candidates remembered per link (buffered ones and the
+/// addresses used for routing).
+pub const DEFAULT_MAX_REMOTE_CANDIDATES: usize = 64;
+/// An idle str0m peer sends a keepalive every 3 s, so this is four missed in a
+/// row. It keeps dead-peer detection under SPEC §5.2's 15 s, which ICE alone
+/// cannot do (about 21.5 s, and 15 s at best with tuning: notes pitfall 4).
+pub const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// SPEC §5.3: messages are never larger than this, whatever the config says.
+const MESSAGE_BYTES_CEILING: usize = 256 * 1024;
+/// str0m's default. Larger buffers make sctp-proto slower (notes §3), so it is
+/// only raised when a configured message would not fit, because a message
+/// larger than the buffer is never accepted (notes pitfall 2).
+const SCTP_SEND_BUFFER: usize = 128 * 1024;
+/// RFC 8841 §6.1: what a peer that does not advertise `a=max-message-size`
+/// accepts.
+const REMOTE_MAX_MESSAGE_DEFAULT: usize = 64 * 1024;
+/// The original sidecar sends up to this much (SPEC §5.3), so we must accept it
+/// even when our own sending limit is lower.
+const RECEIVE_MESSAGE_FLOOR: usize = 65_535;
+/// Charged per queued message on top of its length so that a flood of empty
+/// messages is bounded too.
+const QUEUE_ENTRY_OVERHEAD: usize = 32;
+/// Real SDPs are a few KiB; anything far bigger is not worth parsing.
+const MAX_SDP_BYTES: usize = 64 * 1024;
+/// A graceful close sends its goodbye without waiting for replies, so this
+/// only bounds a close that str0m somehow never finishes.
+const CLOSE_DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// How far ahead a finished link asks to be woken: effectively never.
+const IDLE_WAKEUP: Duration = Duration::from_secs(3600);
+/// Network-provided text is cut to this length in log lines.
+const LOG_TEXT_LIMIT: usize = 160;
+
+/// What a link needs to know from an SDP, ours or the remote's.
+struct SdpFacts {
+    /// Mid and m-line index of the data section, if there is one.
+    data: Option<(String, u16)>,
+    /// The `a=max-message-size` of the data section, RFC 8841 defaults.
+    max_message: usize,
+    /// Addresses of the `a=candidate` lines.
+    candidate_addrs: Vec<SocketAddr>,
+}
+
+/// `SdpOffer` and `SdpAnswer` deref to the same SDP type, which str0m does not
+/// export by name, so this is a macro rather than a function.
+macro_rules! sdp_facts {
+    ($sdp:expr) => {{
+        let sdp = &$sdp;
+        let data = sdp
+            .media_lines
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.typ.is_channel())
+            .and_then(|(i, m)| Some((m.mid().to_string(), u16::try_from(i).ok()?)));
+        let max_message = sdp
+            .media_lines
+            .iter()
+            .find(|m| m.typ.is_channel())
+            .and_then(|m| m.max_message_size())
+            .map_or(REMOTE_MAX_MESSAGE_DEFAULT, |n| if n == 0 { usize::MAX } else { n });
+        let candidate_addrs = sdp
+            .session
+            .ice_candidates()
+            .chain(sdp.media_lines.iter().flat_map(|m| m.ice_candidates()))
+            .filter(|c| c.proto() == Protocol::Udp)
+            .map(|c| c.addr())
+            .collect();
+        SdpFacts { data, max_message, candidate_addrs }
+    }};
+}
+
+/// Settings shared by all links of a sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkConfig {
+    /// Largest text message [`PeerLink::send`] accepts (`MAX_MESSAGE_BYTES`).
+    /// Capped at 256 KiB, and further at what the remote SDP advertises.
+    pub max_message_bytes: usize,
+    /// Bound of the per-peer queue of messages waiting for SCTP buffer space;
+    /// beyond it [`PeerLink::send`] fails with [`SendError::Backpressure`].
+    pub max_queued_bytes: usize,
+    /// Bound on remote candidates remembered per link.
+    pub max_remote_candidates: usize,
+    /// A link that receives no datagram at all from its peer for this long is
+    /// closed, during setup as well as once open. `None` leaves dead-peer
+    /// detection to ICE alone.
+    pub silence_timeout: Option<Duration>,
+    /// Optional ICE tuning (notes pitfall 4: ICE never notices a vanished
+    /// peer in under about 15 s, whatever is set here).
+    pub max_stun_rto: Option<Duration>,
+    pub max_stun_retransmits: Option<usize>,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            max_remote_candidates: DEFAULT_MAX_REMOTE_CANDIDATES,
+            silence_timeout: Some(DEFAULT_SILENCE_TIMEOUT),
+            max_stun_rto: None,
+            max_stun_retransmits: None,
+        }
+    }
+}
+
+impl LinkConfig {
+    fn message_limit(&self) -> usize {
+        self.max_message_bytes.min(MESSAGE_BYTES_CEILING)
+    }
+}
+
+/// What a link asks of its owner. Drain until `Timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkOutput {
+    /// Send `contents` from local address `source` to `destination`.
+    Transmit { source: SocketAddr, destination: SocketAddr, contents: Vec<u8> },
+    /// The DataChannel is open; [`PeerLink::send`] works from now on. Once.
+    Open,
+    /// One text message from the remote peer.
+    Message(String),
+    /// The link is finished: the peer went silent
+    /// ([`LinkConfig::silence_timeout`]) or ICE lost it, the channel or the
+    /// connection was closed by either side (a local [`PeerLink::close`]
+    /// included), or str0m failed. Exactly once per link; nothing but
+    /// `Transmit`s of a graceful close follows.
+    Closed,
+    /// Call [`PeerLink::handle_timeout`] at this instant (earlier is fine).
+    Timeout(Instant),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkError {
+    /// The SDP could not be parsed, is too large, or has no data section.
+    InvalidSdp(String),
+    /// str0m refused the SDP; the link is finished.
+    Rejected(String),
+    /// An answer arrived while no offer of ours was waiting for one.
+    NotExpected,
+    /// str0m could not be set up at all.
+    Internal(String),
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkError::InvalidSdp(m) => write!(f, "invalid SDP: {m}"),
+            LinkError::Rejected(m) => write!(f, "SDP rejected: {m}"),
+            LinkError::NotExpected => write!(f, "no offer is waiting for an answer"),
+            LinkError::Internal(m) => write!(f, "WebRTC setup failed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The DataChannel is not open (yet, or any more).
+    NotOpen,
+    /// Over [`LinkConfig::max_message_bytes`] or the remote's advertised limit.
+    TooLarge { len: usize, max: usize },
+    /// The SCTP buffer and the per-peer queue are both full.
+    Backpressure,
+    /// sctp-proto packetizes an empty message into nothing, so str0m would
+    /// report it sent while the remote never sees it. Mesh messages are JSON
+    /// objects and never empty.
+    Empty,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::NotOpen => write!(f, "data channel is not open"),
+            SendError::TooLarge { len, max } => {
+                write!(f, "message of {len} bytes exceeds the limit of {max} bytes")
+            }
+            SendError::Backpressure => write!(f, "peer send queue is full"),
+            SendError::Empty => write!(f, "empty messages cannot be sent"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// One remote peer's connection and DataChannel.
+pub struct PeerLink {
+    rtc: Rtc,
+    config: LinkConfig,
+    /// Prefix of log lines; the owner sets it to the remote peer id.
+    name: String,
+    /// Set on the offerer until the answer arrives.
+    pending_offer: Option<SdpPendingOffer>,
+    remote_description: bool,
+    /// Trickled before the remote description; str0m gets them once it is set.
+    early_candidates: Vec<Candidate>,
+    /// Where the remote may send from; routing fallback for datagrams that
+    /// `Rtc::accepts` refuses (notes pitfall 1).
+    remote_addrs: Vec<SocketAddr>,
+    mid: Option<String>,
+    mline_index: u16,
+    /// The remote's `a=max-message-size`, RFC 8841 default when absent.
+    remote_max_message: usize,
+    /// The channel we send on: the first one that opened.
+    channel: Option<ChannelId>,
+    queue: VecDeque<String>,
+    queued_bytes: usize,
+    open_reported: bool,
+    /// The link is over for the application; `Closed` is due or was given.
+    ended: bool,
+    closed_reported: bool,
+    ended_at: Option<Instant>,
+    last_now: Instant,
+    /// When the peer was last heard from, for `silence_timeout`.
+    last_heard: Instant,
+}
+
+impl fmt::Debug for PeerLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerLink")
+            .field("name", &self.name)
+            .field("mid", &self.mid)
+            .field("open", &self.is_open())
+            .field("alive", &self.is_alive())
+            .field("queued_bytes", &self.queued_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerLink {
+    /// Starts a link as the offering side: creates the `mesh` DataChannel
+    /// (ordered, reliable, in-band DCEP). `local_candidates` become host
+    /// candidates inside the offer, which opens the link about twice as fast
+    /// as trickling them (notes §6.9).
+    pub fn new_offerer(
+        local_candidates: &[SocketAddr],
+        config: &LinkConfig,
+        now: Instant,
+    ) -> Result<(PeerLink, String), LinkError> {
+        PeerLink::new_offerer_with_label(DATA_CHANNEL_LABEL, local_candidates, config, now)
+    }
+
+    fn new_offerer_with_label(
+        label: &str,
+        local_candidates: &[SocketAddr],
+        config: &LinkConfig,
+        now: Instant,
+    ) -> Result<(PeerLink, String), LinkError> {
+        let mut link = PeerLink::build(config, now)?;
+        for addr in local_candidates {
+            link.add_local_host(*addr);
+        }
+        let applied = guarded(&mut link.rtc, |rtc| {
+            let mut api = rtc.sdp_api();
+            api.add_channel_with_config(ChannelConfig {
+                label: label.to_owned(),
+                ordered: true,
+                reliability: Reliability::Reliable,
+                negotiated: None,
+                ..Default::default()
+            });
+            Ok(api.apply())
+        })
+        .map_err(LinkError::Internal)?;
+        let Some((offer, pending)) = applied else {
+            return Err(LinkError::Internal("str0m produced no offer".into()));
+        };
+        let (mid, index) =
+            sdp_facts!(offer).data.ok_or_else(|| LinkError::Internal("offer without a data section".into()))?;
+        link.mid = Some(mid);
+        link.mline_index = index;
+        link.pending_offer = Some(pending);
+        Ok((link, offer.to_sdp_string()))
+    }
+
+    /// Starts a link as the answering side. A DataChannel of any label is
+    /// accepted (SPEC §5.1).
+    pub fn new_answerer(
+        offer_sdp: &str,
+        local_candidates: &[SocketAddr],
+        config: &LinkConfig,
+        now: Instant,
+    ) -> Result<(PeerLink, String), LinkError> {
+        if offer_sdp.len() > MAX_SDP_BYTES {
+            return Err(LinkError::InvalidSdp(format!("{} bytes is too large", offer_sdp.len())));
+        }
+        let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| LinkError::InvalidSdp(e.to_string()))?;
+        let facts = sdp_facts!(offer);
+        let Some((mid, index)) = facts.data else {
+            return Err(LinkError::InvalidSdp("no m=application section".into()));
+        };
+
+        let mut link = PeerLink::build(config, now)?;
+        for addr in local_candidates {
+            link.add_local_host(*addr);
+        }
+        let answer = guarded(&mut link.rtc, |rtc| rtc.sdp_api().accept_offer(offer)).map_err(LinkError::Rejected)?;
+        link.mid = Some(mid);
+        link.mline_index = index;
+        link.remote_max_message = facts.max_message;
+        link.remote_description = true;
+        for addr in facts.candidate_addrs {
+            link.remember_addr(addr);
+        }
+        Ok((link, answer.to_sdp_string()))
+    }
+
+    /// Applies the remote answer to our offer, then any candidates that were
+    /// trickled before it. A parse error leaves the link waiting for a better
+    /// answer; an answer str0m refuses finishes the link.
+    pub fn accept_answer(&mut self, sdp: &str, now: Instant) -> Result<(), LinkError> {
+        self.touch(now);
+        if self.pending_offer.is_none() || self.ended {
+            return Err(LinkError::NotExpected);
+        }
+        if sdp.len() > MAX_SDP_BYTES {
+            return Err(LinkError::InvalidSdp(format!("{} bytes is too large", sdp.len())));
+        }
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| LinkError::InvalidSdp(e.to_string()))?;
+        let facts = sdp_facts!(answer);
+        if facts.data.is_none() {
+            return Err(LinkError::InvalidSdp("no m=application section".into()));
+        }
+        let Some(pending) = self.pending_offer.take() else {
+            return Err(LinkError::NotExpected);
+        };
+        if let Err(e) = guarded(&mut self.rtc, |rtc| rtc.sdp_api().accept_answer(pending, answer)) {
+            self.fail(&e);
+            return Err(LinkError::Rejected(e));
+        }
+        self.remote_max_message = facts.max_message;
+        self.remote_description = true;
+        for addr in facts.candidate_addrs {
+            self.remember_addr(addr);
+        }
+        for c in std::mem::take(&mut self.early_candidates) {
+            self.apply_remote_candidate(c);
+        }
+        // Starts the ICE checks at the caller's time rather than at the next
+        // timeout.
+        self.handle_timeout(now);
+        Ok(())
+    }
+
+    /// Takes one trickled remote candidate. Tolerates what other stacks send
+    /// (SPEC §5.1): with or without `candidate:`/`a=candidate:`, any `sdpMid`,
+    /// an empty candidate (end of candidates). Candidates that cannot be used
+    /// here (mDNS `.local` names, TCP, garbage) are ignored, never fatal.
+    pub fn add_remote_candidate(&mut self, c: &IceCandidatePayload) {
+        if self.ended {
+            return;
+        }
+        let line = c.candidate.trim();
+        let line = line.strip_prefix("a=").unwrap_or(line);
+        if line.is_empty() {
+            log::debug!("[{}] remote end of candidates", self.name);
+            return;
+        }
+        if let (Some(theirs), Some(ours)) = (c.sdp_mid.as_deref(), self.mid.as_deref())
+            && !theirs.is_empty()
+            && theirs != ours
+        {
+            // One data section per session, so the candidate can only be for
+            // it; a mismatch is a quirk of the other stack, not a reason to
+            // lose the candidate.
+            log::debug!("[{}] candidate for mid {:?}, ours is {ours:?}; using it anyway", self.name, clip(theirs));
+        }
+        let prefixed;
+        let line = if line.starts_with("candidate:") {
+            line
+        } else {
+            prefixed = format!("candidate:{line}");
+            &prefixed
+        };
+        let cand = match Candidate::from_sdp_string(line) {
+            Ok(cand) => cand,
+            Err(e) => {
+                // Browsers hide host addresses behind `<uuid>.local`; the
+                // peer-reflexive candidate learned from their checks replaces
+                // it.
+                log::debug!("[{}] ignoring remote candidate {:?}: {}", self.name, clip(line), clip(&e.to_string()));
+                return;
+            }
+        };
+        if cand.proto() != Protocol::Udp {
+            log::debug!("[{}] ignoring non-UDP remote candidate", self.name);
+            return;
+        }
+        self.remember_addr(cand.addr());
+        if self.remote_description {
+            self.apply_remote_candidate(cand);
+        } else if self.early_candidates.len() < self.config.max_remote_candidates {
+            self.early_candidates.push(cand);
+        } else {
+            log::debug!("[{}] too many early candidates; dropping one", self.name);
+        }
+    }
+
+    /// Adds a host candidate after the SDP was made and returns what to
+    /// trickle to the remote (with the real mid), or `None` if str0m refused
+    /// the address (link-local IPv4, unspecified, duplicate).
+    pub fn add_local_candidate(&mut self, addr: SocketAddr) -> Option<IceCandidatePayload> {
+        let cand = Candidate::host(addr, "udp").ok()?;
+        self.add_local(cand)
+    }
+
+    /// Adds a server-reflexive candidate (`addr` as seen by a STUN server,
+    /// `base` the local socket address) and returns what to trickle.
+    pub fn add_local_srflx_candidate(&mut self, addr: SocketAddr, base: SocketAddr) -> Option<IceCandidatePayload> {
+        let cand = Candidate::server_reflexive(addr, base, "udp").ok()?;
+        self.add_local(cand)
+    }
+
+    /// The mid of the data section, for the `sdpMid` of trickled candidates.
+    /// str0m makes random ones, not `"0"` (notes pitfall 8).
+    pub fn mid(&self) -> Option<String> {
+        self.mid.clone()
+    }
+
+    /// Whether a datagram belongs to this link: str0m says so, or it comes
+    /// from an address the remote signaled or checked from. The second test
+    /// matters: str0m refuses a DTLS ClientHello that arrives before its own
+    /// check on that pair succeeded, which costs a 1 s DTLS retransmit
+    /// (notes pitfall 1; 6 ms instead of 1.02 s to open in the tests here).
+    pub fn accepts(&self, now: Instant, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) -> bool {
+        self.accepts_strict(now, source, destination, bytes) || (self.is_alive() && self.knows_remote_address(source))
+    }
+
+    /// Only str0m's own judgement. An owner with several links can ask this
+    /// of all of them first and fall back to
+    /// [`PeerLink::knows_remote_address`], so that a stale address of one
+    /// link never steals another link's datagrams.
+    pub fn accepts_strict(&self, now: Instant, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) -> bool {
+        if !self.rtc.is_alive() {
+            return false;
+        }
+        match Receive::new(Protocol::Udp, source, destination, bytes) {
+            Ok(recv) => self.rtc_accepts(&Input::Receive(now, recv)),
+            Err(_) => false,
+        }
+    }
+
+    /// Whether `addr` is a signaled or checked remote address of this link.
+    pub fn knows_remote_address(&self, addr: SocketAddr) -> bool {
+        self.remote_addrs.contains(&addr)
+    }
+
+    /// Feeds one received datagram. Datagrams that are not WebRTC are dropped.
+    pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) {
+        self.touch(now);
+        if !self.rtc.is_alive() {
+            return;
+        }
+        let recv = match Receive::new(Protocol::Udp, source, destination, bytes) {
+            Ok(recv) => recv,
+            Err(e) => {
+                log::debug!("[{}] dropping {} byte datagram from {source}: {e}", self.name, bytes.len());
+                return;
+            }
+        };
+        let input = Input::Receive(now, recv);
+        let known = self.knows_remote_address(source);
+        let from_peer = known || self.rtc_accepts(&input);
+        if from_peer && !known {
+            // A check carrying our ufrag reveals a peer-reflexive address,
+            // e.g. of a browser that hides its host address behind mDNS; its
+            // DTLS must be routed here too.
+            self.remember_addr(source);
+        }
+        match guarded(&mut self.rtc, |rtc| rtc.handle_input(input)) {
+            // Strangers' datagrams must not keep a dead link alive.
+            Ok(()) if from_peer => self.last_heard = self.last_heard.max(now),
+            Ok(()) => {}
+            Err(e) => self.fail(&e),
+        }
+    }
+
+    /// Advances time; call at (or after) the last `Timeout`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.touch(now);
+        if !self.rtc.is_alive() {
+            return;
+        }
+        if self.wakeup_deadline().is_some_and(|d| now >= d) {
+            if self.ended {
+                log::debug!("[{}] closing took too long; dropping it", self.name);
+            } else {
+                log::debug!("[{}] nothing heard from the peer; closing", self.name);
+                self.end();
+            }
+            // Either the peer is unreachable, so a goodbye would go nowhere,
+            // or the goodbye already had its chance.
+            self.rtc.disconnect();
+            return;
+        }
+        if let Err(e) = guarded(&mut self.rtc, |rtc| rtc.handle_input(Input::Timeout(now))) {
+            self.fail(&e);
+        }
+    }
+
+    /// Sends one text message. Messages are delivered in order; when the
+    /// SCTP buffer is full they wait in the per-peer queue, which is flushed
+    /// by [`PeerLink::poll_output`]. Drain `poll_output` afterwards.
+    pub fn send(&mut self, text: &str) -> Result<(), SendError> {
+        if self.ended || !self.rtc.is_alive() {
+            return Err(SendError::NotOpen);
+        }
+        let Some(cid) = self.channel else {
+            return Err(SendError::NotOpen);
+        };
+        if text.is_empty() {
+            return Err(SendError::Empty);
+        }
+        let max = self.send_limit();
+        if text.len() > max {
+            return Err(SendError::TooLarge { len: text.len(), max });
+        }
+        if self.queue.is_empty() {
+            match guarded(&mut self.rtc, |rtc| write_text(rtc, cid, text)) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => {
+                    self.fail(&e);
+                    return Err(SendError::NotOpen);
+                }
+            }
+        }
+        let cost = text.len() + QUEUE_ENTRY_OVERHEAD;
+        if self.queued_bytes + cost > self.config.max_queued_bytes {
+            return Err(SendError::Backpressure);
+        }
+        self.queue.push_back(text.to_owned());
+        self.queued_bytes += cost;
+        Ok(())
+    }
+
+    /// The largest message [`PeerLink::send`] takes now: the configured limit,
+    /// lowered to the remote's `a=max-message-size`.
+    pub fn send_limit(&self) -> usize {
+        self.config.message_limit().min(self.remote_max_message)
+    }
+
+    /// Bytes (plus a small per-message overhead) waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Ends the link gracefully: SCTP shutdown and DTLS close_notify, so the
+    /// remote learns at once (notes pitfall 5). Keep servicing the link until
+    /// [`PeerLink::is_alive`] is false. Queued messages are discarded.
+    pub fn close(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.end();
+        if !self.rtc.is_alive() {
+            return;
+        }
+        if self.rtc.is_connected() {
+            if let Err(e) = guarded(&mut self.rtc, |rtc| rtc.close()) {
+                log::debug!("[{}] close: {e}", self.name);
+                self.rtc.disconnect();
+            }
+        } else {
+            // Nothing to tell a peer we never reached.
+            self.rtc.disconnect();
+        }
+    }
+
+    /// Whether the link still needs servicing (including the drain of a
+    /// graceful close). Drop it once this is false.
+    pub fn is_alive(&self) -> bool {
+        self.rtc.is_alive()
+    }
+
+    /// Whether messages can be sent.
+    pub fn is_open(&self) -> bool {
+        self.channel.is_some() && !self.ended && self.rtc.is_alive()
+    }
+
+    /// Sets the prefix of this link's log lines (the remote peer id).
+    pub fn set_name(&mut self, name: &str) {
+        self.name = name.to_owned();
+    }
+
+    /// Next thing to do. Call until it returns `Timeout`.
+    pub fn poll_output(&mut self) -> LinkOutput {
+        loop {
+            if self.ended && !self.closed_reported {
+                self.closed_reported = true;
+                return LinkOutput::Closed;
+            }
+            if !self.rtc.is_alive() {
+                return LinkOutput::Timeout(self.idle_deadline());
+            }
+            let out = match guarded(&mut self.rtc, |rtc| rtc.poll_output()) {
+                Ok(out) => out,
+                Err(e) => {
+                    self.fail(&e);
+                    continue;
+                }
+            };
+            match out {
+                Output::Transmit(t) => {
+                    return LinkOutput::Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    };
+                }
+                Output::Event(e) => {
+                    if let Some(out) = self.on_event(e) {
+                        return out;
+                    }
+                }
+                Output::Timeout(t) => {
+                    // Writing is a mutation: whatever it queued in str0m must
+                    // be polled out before the link may sleep.
+                    if self.flush_queue() {
+                        continue;
+                    }
+                    let t = self.wakeup_deadline().map_or(t, |d| t.min(d));
+                    return LinkOutput::Timeout(t);
+                }
+            }
+        }
+    }
+
+    fn build(config: &LinkConfig, now: Instant) -> Result<PeerLink, LinkError> {
+        let limit = config.message_limit();
+        let receive_limit = limit.clamp(RECEIVE_MESSAGE_FLOOR, MESSAGE_BYTES_CEILING);
+        let mut builder = Rtc::builder()
+            .clear_codecs()
+            .set_sctp_max_message_size(u32::try_from(receive_limit).unwrap_or(u32::MAX))
+            .set_sctp_max_buffered_amount(SCTP_SEND_BUFFER.max(limit));
+        if let Some(rto) = config.max_stun_rto {
+            builder.set_max_stun_rto(rto);
+        }
+        if let Some(n) = config.max_stun_retransmits {
+            builder.set_max_stun_retransmits(n);
+        }
+        // `build` panics instead of returning errors (crypto provider setup).
+        let rtc = catch_unwind(AssertUnwindSafe(|| builder.build(now)))
+            .map_err(|p| LinkError::Internal(panic_text(p.as_ref())))?;
+        Ok(PeerLink {
+            rtc,
+            config: config.clone(),
+            name: String::new(),
+            pending_offer: None,
+            remote_description: false,
+            early_candidates: Vec::new(),
+            remote_addrs: Vec::new(),
+            mid: None,
+            mline_index: 0,
+            remote_max_message: REMOTE_MAX_MESSAGE_DEFAULT,
+            channel: None,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            open_reported: false,
+            ended: false,
+            closed_reported: false,
+            ended_at: None,
+            last_now: now,
+            last_heard: now,
+        })
+    }
+
+    fn add_local_host(&mut self, addr: SocketAddr) {
+        match Candidate::host(addr, "udp") {
+            Ok(cand) => {
+                if self.add_local(cand).is_none() {
+                    log::debug!("[{}] local candidate {addr} not used", self.name);
+                }
+            }
+            Err(e) => log::debug!("[{}] local candidate {addr} refused: {e}", self.name),
+        }
+    }
+
+    fn add_local(&mut self, cand: Candidate) -> Option<IceCandidatePayload> {
+        if self.ended {
+            return None;
+        }
+        let added = guarded(&mut self.rtc, |rtc| Ok(rtc.add_local_candidate(cand).map(|c| c.to_sdp_string())));
+        match added {
+            Ok(line) => line.map(|candidate| IceCandidatePayload {
+                candidate,
+                sdp_mid: self.mid.clone(),
+                sdp_mline_index: Some(self.mline_index),
+            }),
+            Err(e) => {
+                self.fail(&e);
+                None
+            }
+        }
+    }
+
+    fn apply_remote_candidate(&mut self, cand: Candidate) {
+        if let Err(e) = guarded(&mut self.rtc, |rtc| {
+            rtc.add_remote_candidate(cand);
+            Ok(())
+        }) {
+            self.fail(&e);
+        }
+    }
+
+    fn remember_addr(&mut self, addr: SocketAddr) {
+        if !self.remote_addrs.contains(&addr) && self.remote_addrs.len() < self.config.max_remote_candidates {
+            self.remote_addrs.push(addr);
+        }
+    }
+
+    fn on_event(&mut self, event: Event) -> Option<LinkOutput> {
+        if self.ended {
+            return None;
+        }
+        match event {
+            Event::ChannelOpen(id, label) => {
+                if self.channel.is_none() {
+                    log::debug!("[{}] channel {:?} open", self.name, clip(&label));
+                    self.channel = Some(id);
+                }
+                if !self.open_reported {
+                    self.open_reported = true;
+                    return Some(LinkOutput::Open);
+                }
+                None
+            }
+            Event::ChannelData(data) => match String::from_utf8(data.data) {
+                Ok(text) => Some(LinkOutput::Message(text)),
+                Err(e) => {
+                    log::debug!("[{}] dropping {} byte message that is not UTF-8", self.name, e.as_bytes().len());
+                    None
+                }
+            },
+            Event::ChannelClose(id) if Some(id) == self.channel => {
+                log::debug!("[{}] remote closed the channel", self.name);
+                self.close();
+                None
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                log::debug!("[{}] ICE disconnected", self.name);
+                self.end();
+                // The peer is unreachable: a goodbye would go nowhere.
+                self.rtc.disconnect();
+                None
+            }
+            Event::Closed => {
+                log::debug!("[{}] remote closed the connection", self.name);
+                // str0m answers the close itself while we keep polling.
+                self.end();
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Moves queued messages into the SCTP buffer while it has room. Returns
+    /// whether anything changed, i.e. whether str0m must be polled again.
+    fn flush_queue(&mut self) -> bool {
+        if self.ended {
+            return false;
+        }
+        let Some(cid) = self.channel else {
+            return false;
+        };
+        let mut wrote = false;
+        while let Some(front) = self.queue.front() {
+            match guarded(&mut self.rtc, |rtc| write_text(rtc, cid, front)) {
+                Ok(true) => {
+                    self.queued_bytes -= front.len() + QUEUE_ENTRY_OVERHEAD;
+                    self.queue.pop_front();
+                    wrote = true;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    self.fail(&e);
+                    return true;
+                }
+            }
+        }
+        wrote
+    }
+
+    fn end(&mut self) {
+        self.ended = true;
+        self.ended_at.get_or_insert(self.last_now);
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.early_candidates.clear();
+    }
+
+    fn fail(&mut self, reason: &str) {
+        log::warn!("[{}] WebRTC link failed: {reason}", self.name);
+        self.end();
+        self.pending_offer = None;
+        self.rtc.disconnect();
+    }
+
+    fn touch(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+    }
+
+    /// When the link gives up on its own: the silence timeout while it is
+    /// running, the close-drain bound once it ended.
+    fn wakeup_deadline(&self) -> Option<Instant> {
+        match self.ended_at {
+            Some(at) => at.checked_add(CLOSE_DRAIN_LIMIT),
+            None => self.config.silence_timeout.and_then(|t| self.last_heard.checked_add(t)),
+        }
+    }
+
+    fn rtc_accepts(&self, input: &Input) -> bool {
+        catch_unwind(AssertUnwindSafe(|| self.rtc.accepts(input))).unwrap_or(false)
+    }
+
+    fn idle_deadline(&self) -> Instant {
+        self.last_now.checked_add(IDLE_WAKEUP).unwrap_or(self.last_now)
+    }
+}
+
+fn write_text(rtc: &mut Rtc, cid: ChannelId, text: &str) -> Result<bool, RtcError> {
+    match rtc.channel(cid) {
+        Some(mut chan) => chan.write(false, text.as_bytes()),
+        // The channel went away under us; the close event ends the link.
+        None => Ok(false),
+    }
+}
+
+/// Runs `f` on the `Rtc`, turning both errors and panics into a reason text.
+/// After an `Err` the caller must discard the `Rtc` state (`fail`), which is
+/// what makes `AssertUnwindSafe` sound here.
+fn guarded<R>(rtc: &mut Rtc, f: impl FnOnce(&mut Rtc) -> Result<R, RtcError>) -> Result<R, String> {
+    match catch_unwind(AssertUnwindSafe(|| f(rtc))) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(p) => Err(panic_text(p.as_ref())),
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text payload".into());
+    format!("panic in str0m: {msg}")
+}
+
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(LOG_TEXT_LIMIT) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A_ADDR: &str = "192.0.2.1:4000";
+    const B_ADDR: &str = "198.51.100.2:5000";
+    /// One-way delay of the simulated network.
+    const DELAY: Duration = Duration::from_micros(500);
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    struct Side {
+        link: PeerLink,
+        addr: SocketAddr,
+        deadline: Instant,
+        opened_at: Option<Instant>,
+        closed_at: Option<Instant>,
+        messages: Vec<String>,
+        /// A vanished peer: neither driven nor reachable.
+        frozen: bool,
+    }
+
+    impl Side {
+        fn new(link: PeerLink, addr: SocketAddr, now: Instant) -> Side {
+            Side { link, addr, deadline: now, opened_at: None, closed_at: None, messages: Vec::new(), frozen: false }
+        }
+    }
+
+    struct Packet {
+        at: Instant,
+        to_b: bool,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: Vec<u8>,
+    }
+
+    /// Two links joined by an in-memory network with simulated time.
+    struct Net {
+        a: Side,
+        b: Side,
+        start: Instant,
+        now: Instant,
+        in_flight: VecDeque<Packet>,
+        /// Datagrams that neither half of `accepts` claimed.
+        unclaimed: usize,
+    }
+
+    impl Net {
+        fn new(a: PeerLink, b: PeerLink, start: Instant) -> Net {
+            let mut net = Net {
+                a: Side::new(a, addr(A_ADDR), start),
+                b: Side::new(b, addr(B_ADDR), start),
+                start,
+                now: start,
+                in_flight: VecDeque::new(),
+                unclaimed: 0,
+            };
+            net.drain(true);
+            net.drain(false);
+            net
+        }
+
+        fn side(&mut self, a: bool) -> &mut Side {
+            if a { &mut self.a } else { &mut self.b }
+        }
+
+        /// Polls one link until it sleeps, putting its datagrams on the wire.
+        fn drain(&mut self, a: bool) {
+            let now = self.now;
+            for _ in 0..1_000_000 {
+                let side = self.side(a);
+                let own = side.addr;
+                match side.link.poll_output() {
+                    LinkOutput::Transmit { source, destination, contents } => {
+                        assert_eq!(source, own, "sent from a foreign address");
+                        self.in_flight.push_back(Packet { at: now + DELAY, to_b: a, source, destination, contents });
+                    }
+                    LinkOutput::Open => {
+                        assert!(side.opened_at.is_none(), "Open twice");
+                        assert!(side.closed_at.is_none(), "Open after Closed");
+                        side.opened_at = Some(now);
+                    }
+                    LinkOutput::Message(m) => {
+                        assert!(side.closed_at.is_none(), "Message after Closed");
+                        side.messages.push(m);
+                    }
+                    LinkOutput::Closed => {
+                        assert!(side.closed_at.is_none(), "Closed twice");
+                        side.closed_at = Some(now);
+                    }
+                    LinkOutput::Timeout(t) => {
+                        side.deadline = t;
+                        return;
+                    }
+                }
+            }
+            panic!("poll_output never returned Timeout");
+        }
+
+        /// Advances to the next event (a delivery or a deadline) and runs it.
+        fn step(&mut self) {
+            let mut next = self.a.deadline.min(self.b.deadline);
+            if self.b.frozen {
+                next = self.a.deadline;
+            }
+            if let Some(p) = self.in_flight.front() {
+                next = next.min(p.at);
+            }
+            self.now = self.now.max(next);
+            let now = self.now;
+            while self.in_flight.front().is_some_and(|p| p.at <= now) {
+                let p = self.in_flight.pop_front().unwrap();
+                let to_a = !p.to_b;
+                let side = self.side(to_a);
+                if side.frozen || p.destination != side.addr {
+                    continue;
+                }
+                if side.link.accepts(now, p.source, p.destination, &p.contents) {
+                    side.link.handle_receive(now, p.source, p.destination, &p.contents);
+                    self.drain(to_a);
+                } else {
+                    self.unclaimed += 1;
+                }
+            }
+            for a in [true, false] {
+                let side = self.side(a);
+                if !side.frozen && side.deadline <= now {
+                    side.link.handle_timeout(now);
+                    self.drain(a);
+                }
+            }
+        }
+
+        /// Runs until `done` holds or `limit` of simulated time has passed.
+        fn run_until(&mut self, limit: Duration, done: impl Fn(&Net) -> bool) -> bool {
+            let end = self.now + limit;
+            for _ in 0..2_000_000 {
+                if done(self) {
+                    return true;
+                }
+                if self.now > end {
+                    return false;
+                }
+                self.step();
+            }
+            panic!("simulation does not advance time");
+        }
+
+        fn run_until_open(&mut self) {
+            let opened =
+                self.run_until(Duration::from_secs(10), |n| n.a.opened_at.is_some() && n.b.opened_at.is_some());
+            assert!(opened, "channel did not open: {:?} {:?}", self.a.link, self.b.link);
+            assert!(self.a.link.is_open() && self.b.link.is_open());
+        }
+
+        fn elapsed(&self, t: Option<Instant>) -> Duration {
+            t.expect("event happened") - self.start
+        }
+    }
+
+    /// Offer and answer with the host candidates inside the SDPs.
+    fn connect_with_sdp_candidates(config: &LinkConfig) -> Net {
+        let start = Instant::now();
+        let (mut a, offer) = PeerLink::new_offerer(&[addr(A_ADDR)], config, start).unwrap();
+        let (b, answer) = PeerLink::new_answerer(&offer, &[addr(B_ADDR)], config, start).unwrap();
+        a.accept_answer(&answer, start).unwrap();
+        let mut net = Net::new(a, b, start);
+        net.run_until_open();
+        net
+    }
+
+    fn connect() -> Net {
+        connect_with_sdp_candidates(&LinkConfig::default())
+    }
+
+    /// Adds `.local` candidate lines, as browsers write them, to the data
+    /// section of an SDP.
+    fn with_mdns_candidate(sdp: &str, mid: &str) -> String {
+        let anchor = format!("a=mid:{mid}\r\n");
+        assert!(sdp.contains(&anchor), "{sdp}");
+        sdp.replace(
+            &anchor,
+            &format!(
+                "{anchor}a=candidate:842163049 1 udp 2122260223 \
+                 6f1b7c0e-2a5d-4f63-9a1e-0c3f2b9d7e11.local 54321 typ host generation 0\r\n"
+            ),
+        )
+    }
+
+    #[test]
+    fn opens_with_candidates_in_the_sdp() {
+        let config = LinkConfig::default();
+        let start = Instant::now();
+        let (mut a, offer) = PeerLink::new_offerer(&[addr(A_ADDR)], &config, start).unwrap();
+        let mid = a.mid().expect("offerer knows its mid");
+        assert!(offer.contains(&format!("a=mid:{mid}\r\n")), "{offer}");
+        assert!(offer.contains("a=candidate:"), "{offer}");
+        assert!(offer.contains("192.0.2.1 4000 typ host"), "{offer}");
+        assert!(offer.contains("m=application"), "{offer}");
+        assert!(offer.contains("a=max-message-size:"), "{offer}");
+
+        // Browsers put mDNS host candidates in the SDP too; they must not
+        // break anything.
+        let offer = with_mdns_candidate(&offer, &mid);
+        let (b, answer) = PeerLink::new_answerer(&offer, &[addr(B_ADDR)], &config, start).unwrap();
+        assert_eq!(b.mid().as_deref(), Some(mid.as_str()));
+        assert!(answer.contains("198.51.100.2 5000 typ host"), "{answer}");
+        let answer = with_mdns_candidate(&answer, &mid);
+        a.accept_answer(&answer, start).unwrap();
+
+        let mut net = Net::new(a, b, start);
+        net.run_until_open();
+        let (ta, tb) = (net.elapsed(net.a.opened_at), net.elapsed(net.b.opened_at));
+        eprintln!("open with SDP candidates: offerer {ta:?}, answerer {tb:?} (simulated)");
+        // Without the address fallback in `accepts` this takes over 1 s.
+        assert!(ta < Duration::from_millis(300) && tb < Duration::from_millis(300));
+        assert_eq!(net.unclaimed, 0);
+    }
+
+    /// The shapes other stacks trickle candidates in (SPEC §5.1).
+    #[derive(Clone, Copy, Debug)]
+    enum Form {
+        AsProduced,
+        NoPrefixEmptyMid,
+        AttributeLineNoMid,
+    }
+
+    fn reshape(c: &IceCandidatePayload, form: Form) -> IceCandidatePayload {
+        match form {
+            Form::AsProduced => c.clone(),
+            Form::NoPrefixEmptyMid => IceCandidatePayload {
+                candidate: c.candidate.strip_prefix("candidate:").unwrap().to_owned(),
+                sdp_mid: Some(String::new()),
+                sdp_mline_index: None,
+            },
+            Form::AttributeLineNoMid => IceCandidatePayload {
+                candidate: format!("a={}\r\n", c.candidate),
+                sdp_mid: None,
+                sdp_mline_index: None,
+            },
+        }
+    }
+
+    /// Candidates that must be ignored without harming the link.
+    fn junk_candidates() -> Vec<IceCandidatePayload> {
+        let c = |s: &str, mid: Option<&str>| IceCandidatePayload {
+            candidate: s.to_owned(),
+            sdp_mid: mid.map(str::to_owned),
+            sdp_mline_index: Some(0),
+        };
+        vec![
+            c("candidate:1 1 udp 2122260223 0b5e2b8c-3c1e-4f0e-8f67-5b8d7d0f1a2b.local 50000 typ host", Some("0")),
+            c("candidate:2 1 tcp 1518280447 192.0.2.99 9 typ host tcptype active", None),
+            c("candidate:garbage", None),
+            c("  ", None),
+            c(&"x".repeat(5000), None),
+            c("", Some("")),
+        ]
+    }
+
+    fn trickle_only(form: Form) {
+        let config = LinkConfig::default();
+        let start = Instant::now();
+        let (mut a, offer) = PeerLink::new_offerer(&[], &config, start).unwrap();
+        assert!(!offer.contains("a=candidate"), "{offer}");
+        let (mut b, answer) = PeerLink::new_answerer(&offer, &[], &config, start).unwrap();
+        assert!(!answer.contains("a=candidate"), "{answer}");
+
+        let ca = a.add_local_candidate(addr(A_ADDR)).expect("host candidate");
+        let cb = b.add_local_candidate(addr(B_ADDR)).expect("host candidate");
+        assert!(ca.candidate.starts_with("candidate:"), "{ca:?}");
+        assert_eq!(ca.sdp_mid, a.mid());
+        assert_eq!(cb.sdp_mid, a.mid());
+        assert_eq!(ca.sdp_mline_index, Some(0));
+
+        // b's candidate and the junk reach a before the answer does.
+        for junk in junk_candidates() {
+            a.add_remote_candidate(&junk);
+        }
+        a.add_remote_candidate(&reshape(&cb, form));
+        a.add_remote_candidate(&IceCandidatePayload::default());
+        a.accept_answer(&answer, start).unwrap();
+
+        for junk in junk_candidates() {
+            b.add_remote_candidate(&junk);
+        }
+        b.add_remote_candidate(&reshape(&ca, form));
+
+        let mut net = Net::new(a, b, start);
+        net.run_until_open();
+        let (ta, tb) = (net.elapsed(net.a.opened_at), net.elapsed(net.b.opened_at));
+        eprintln!("open with trickled candidates ({form:?}): offerer {ta:?}, answerer {tb:?} (simulated)");
+        assert!(ta < Duration::from_millis(300) && tb < Duration::from_millis(300));
+        assert!(net.a.link.send("hi").is_ok());
+        assert!(net.run_until(Duration::from_secs(1), |n| n.b.messages == ["hi"]));
+    }
+
+    #[test]
+    fn opens_with_trickled_candidates_as_produced() {
+        trickle_only(Form::AsProduced);
+    }
+
+    #[test]
+    fn opens_with_trickled_candidates_without_prefix_and_empty_mid() {
+        trickle_only(Form::NoPrefixEmptyMid);
+    }
+
+    #[test]
+    fn opens_with_trickled_attribute_lines_without_mid() {
+        trickle_only(Form::AttributeLineNoMid);
+    }
+
+    #[test]
+    fn answerer_accepts_any_label() {
+        let config = LinkConfig::default();
+        let start = Instant::now();
+        let (mut a, offer) = PeerLink::new_offerer_with_label("chat", &[addr(A_ADDR)], &config, start).unwrap();
+        let (b, answer) = PeerLink::new_answerer(&offer, &[addr(B_ADDR)], &config, start).unwrap();
+        a.accept_answer(&answer, start).unwrap();
+        let mut net = Net::new(a, b, start);
+        net.run_until_open();
+        net.b.link.send("hello").unwrap();
+        net.drain(false);
+        assert!(net.run_until(Duration::from_secs(1), |n| n.a.messages == ["hello"]));
+    }
+
+    #[test]
+    fn messages_flow_both_ways_in_order() {
+        let mut net = connect();
+        let n = 300;
+        let mut sent_a = Vec::new();
+        let mut sent_b = Vec::new();
+        for i in 0..n {
+            let ma = format!("{{\"type\":\"a\",\"n\":{i}}}");
+            let mb = format!("b{i}-{}", "y".repeat(i % 50));
+            net.a.link.send(&ma).unwrap();
+            net.b.link.send(&mb).unwrap();
+            sent_a.push(ma);
+            sent_b.push(mb);
+            if i % 7 == 0 {
+                net.drain(true);
+                net.drain(false);
+                net.step();
+            }
+        }
+        net.drain(true);
+        net.drain(false);
+        assert!(
+            net.run_until(Duration::from_secs(5), |net| { net.a.messages.len() == n && net.b.messages.len() == n })
+        );
+        assert_eq!(net.b.messages, sent_a);
+        assert_eq!(net.a.messages, sent_b);
+        // str0m cannot send an empty message, so it is refused, not lost.
+        assert_eq!(net.a.link.send(""), Err(SendError::Empty));
+    }
+
+    #[test]
+    fn message_size_limit() {
+        let mut net = connect();
+        assert_eq!(net.a.link.send_limit(), DEFAULT_MAX_MESSAGE_BYTES);
+        let big: String = (0..65_000u32).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        net.a.link.send(&big).unwrap();
+        net.drain(true);
+        let too_big = "z".repeat(65_001);
+        assert_eq!(net.a.link.send(&too_big), Err(SendError::TooLarge { len: 65_001, max: 65_000 }));
+        assert_eq!(net.b.link.send(&too_big), Err(SendError::TooLarge { len: 65_001, max: 65_000 }));
+        assert!(net.run_until(Duration::from_secs(2), |n| !n.b.messages.is_empty()));
+        assert_eq!(net.b.messages.len(), 1);
+        assert!(net.b.messages[0] == big, "big message corrupted");
+        // A refused message does not hurt the channel.
+        net.a.link.send("after").unwrap();
+        net.drain(true);
+        assert!(net.run_until(Duration::from_secs(1), |n| n.b.messages.len() == 2));
+        assert!(net.a.closed_at.is_none() && net.b.closed_at.is_none());
+    }
+
+    #[test]
+    fn remote_advertised_limit_lowers_ours() {
+        let config = LinkConfig::default();
+        let start = Instant::now();
+        let (mut a, offer) = PeerLink::new_offerer(&[addr(A_ADDR)], &config, start).unwrap();
+        let (b, answer) = PeerLink::new_answerer(&offer, &[addr(B_ADDR)], &config, start).unwrap();
+        let line = answer
+            .lines()
+            .find(|l| l.starts_with("a=max-message-size:"))
+            .expect("str0m advertises its limit")
+            .to_owned();
+        let answer = answer.replace(&line, "a=max-message-size:1000");
+        a.accept_answer(&answer, start).unwrap();
+        let mut net = Net::new(a, b, start);
+        net.run_until_open();
+        assert_eq!(net.a.link.send_limit(), 1000);
+        assert_eq!(net.a.link.send(&"q".repeat(1001)), Err(SendError::TooLarge { len: 1001, max: 1000 }));
+        net.a.link.send(&"q".repeat(1000)).unwrap();
+        // b saw str0m's own (larger) advertisement and keeps our limit.
+        assert_eq!(net.b.link.send_limit(), DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn flood_hits_backpressure_then_everything_arrives_in_order() {
+        let config = LinkConfig { max_queued_bytes: 256 * 1024, ..LinkConfig::default() };
+        let mut net = connect_with_sdp_candidates(&config);
+        let chunk = "m".repeat(16 * 1024);
+        let mut sent = Vec::new();
+        loop {
+            let msg = format!("{:06}{chunk}", sent.len());
+            match net.a.link.send(&msg) {
+                Ok(()) => sent.push(msg),
+                Err(SendError::Backpressure) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(sent.len() < 1000, "no backpressure");
+        }
+        assert!(net.a.link.queued_bytes() > 0);
+        assert!(net.a.link.queued_bytes() <= config.max_queued_bytes);
+        // SCTP buffer (128 KiB) plus queue (256 KiB), 16 KiB each.
+        assert!(sent.len() >= 16, "only {} accepted", sent.len());
+        net.drain(true);
+        let n = sent.len();
+        assert!(net.run_until(Duration::from_secs(10), |net| net.b.messages.len() >= n));
+        assert!(net.b.messages == sent, "flood arrived out of order or corrupted");
+        assert_eq!(net.a.link.queued_bytes(), 0);
+        // Room again.
+        net.a.link.send("more").unwrap();
+    }
+
+    #[test]
+    fn close_reaches_the_other_side() {
+        let mut net = connect();
+        let t0 = net.now;
+        net.a.link.close();
+        assert_eq!(net.a.link.send("late"), Err(SendError::NotOpen));
+        assert!(!net.a.link.is_open());
+        net.drain(true);
+        assert!(net.a.closed_at.is_some(), "local close reports Closed too");
+        assert!(net.run_until(Duration::from_secs(5), |n| n.b.closed_at.is_some()));
+        let took = net.b.closed_at.unwrap() - t0;
+        eprintln!("remote saw close after {took:?} (simulated)");
+        assert!(took < Duration::from_millis(100));
+        assert_eq!(net.b.link.send("late"), Err(SendError::NotOpen));
+        assert!(net.run_until(Duration::from_secs(5), |n| { !n.a.link.is_alive() && !n.b.link.is_alive() }));
+        // Nothing more from either, ever.
+        net.run_until(Duration::from_secs(2), |_| false);
+    }
+
+    #[test]
+    fn vanished_peer_is_detected_within_15_s() {
+        let mut net = connect();
+        // Idle links stay up: keepalives keep the silence timer fed.
+        assert!(!net.run_until(Duration::from_secs(60), |n| { n.a.closed_at.is_some() || n.b.closed_at.is_some() }));
+        net.b.frozen = true;
+        let t0 = net.now;
+        assert!(net.run_until(Duration::from_secs(60), |n| n.a.closed_at.is_some()));
+        let took = net.a.closed_at.unwrap() - t0;
+        eprintln!("vanished peer detected after {took:?} (simulated, silence timeout)");
+        assert!(took <= Duration::from_secs(15), "{took:?}");
+        assert!(!net.a.link.is_alive());
+        assert_eq!(net.a.link.send("x"), Err(SendError::NotOpen));
+    }
+
+    #[test]
+    fn close_towards_a_vanished_peer_finishes() {
+        let mut net = connect();
+        net.b.frozen = true;
+        net.a.link.close();
+        net.drain(true);
+        assert!(net.a.closed_at.is_some());
+        assert!(net.run_until(Duration::from_secs(10), |n| !n.a.link.is_alive()));
+        assert!(net.now - net.a.closed_at.unwrap() < CLOSE_DRAIN_LIMIT, "drain hit the safety bound");
+    }
+
+    #[test]
+    fn vanished_peer_is_detected_by_ice_alone() {
+        let config = LinkConfig { silence_timeout: None, ..LinkConfig::default() };
+        let mut net = connect_with_sdp_candidates(&config);
+        net.b.frozen = true;
+        let t0 = net.now;
+        assert!(net.run_until(Duration::from_secs(60), |n| n.a.closed_at.is_some()));
+        let took = net.a.closed_at.unwrap() - t0;
+        eprintln!("vanished peer detected after {took:?} (simulated, ICE only)");
+        assert!(took <= Duration::from_secs(30), "{took:?}");
+        assert!(!net.a.link.is_alive());
+    }
+
+    #[test]
+    fn unanswered_offer_times_out() {
+        let config = LinkConfig::default();
+        let now = Instant::now();
+        let (mut a, _offer) = PeerLink::new_offerer(&[addr(A_ADDR)], &config, now).unwrap();
+        let LinkOutput::Timeout(t) = a.poll_output() else {
+            panic!("an offer alone sends nothing");
+        };
+        assert!(t <= now + DEFAULT_SILENCE_TIMEOUT);
+        a.handle_timeout(now + DEFAULT_SILENCE_TIMEOUT);
+        assert_eq!(a.poll_output(), LinkOutput::Closed);
+        assert!(!a.is_alive());
+    }
+
+    #[test]
+    fn garbage_datagrams_do_not_break_the_link() {
+        let mut net = connect();
+        let (src, dst) = (net.a.addr, net.b.addr);
+        let stranger = addr("203.0.113.9:7000");
+        let mut garbage: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0x00, 0x01, 0x00, 0x00],
+            vec![0x01; 20],
+            vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+            vec![0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 9, 0, 3, 1, 2, 3],
+            vec![0x80; 64],
+            vec![0xff; 1200],
+        ];
+        // DTLS application data and handshake records with random bodies.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for first in [0x17u8, 0x16, 0x15, 0x14] {
+            let mut g = vec![first, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 50, 0, 40];
+            for _ in 0..40 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                g.push(seed as u8);
+            }
+            garbage.push(g);
+        }
+        for g in &garbage {
+            assert!(!net.b.link.accepts(net.now, stranger, dst, g));
+            // Fed to the link whatever `accepts` says: the owner may route by
+            // address alone.
+            net.b.link.handle_receive(net.now, src, dst, g);
+            net.drain(false);
+            net.b.link.handle_receive(net.now, stranger, dst, g);
+            net.drain(false);
+        }
+        assert!(net.b.closed_at.is_none(), "garbage closed the link");
+        net.a.link.send("still here").unwrap();
+        net.b.link.send("me too").unwrap();
+        net.drain(true);
+        net.drain(false);
+        assert!(
+            net.run_until(Duration::from_secs(2), |n| { n.b.messages == ["still here"] && n.a.messages == ["me too"] })
+        );
+    }
+
+    #[test]
+    fn bad_sdp_is_refused() {
+        let config = LinkConfig::default();
+        let now = Instant::now();
+        assert!(matches!(PeerLink::new_answerer("not an sdp", &[], &config, now), Err(LinkError::InvalidSdp(_))));
+        assert!(matches!(
+            PeerLink::new_answerer(&"v=0\r\n".repeat(20_000), &[], &config, now),
+            Err(LinkError::InvalidSdp(_))
+        ));
+        let (mut a, offer) = PeerLink::new_offerer(&[], &config, now).unwrap();
+        let no_data = offer.split("m=application").next().unwrap().to_owned();
+        assert!(matches!(PeerLink::new_answerer(&no_data, &[], &config, now), Err(LinkError::InvalidSdp(_))));
+        // A garbled answer leaves the offer waiting for a real one.
+        assert!(matches!(a.accept_answer("garbage", now), Err(LinkError::InvalidSdp(_))));
+        let (mut b, answer) = PeerLink::new_answerer(&offer, &[], &config, now).unwrap();
+        assert_eq!(b.accept_answer(&answer, now), Err(LinkError::NotExpected));
+        a.accept_answer(&answer, now).unwrap();
+        assert_eq!(a.accept_answer(&answer, now), Err(LinkError::NotExpected));
+        assert_eq!(a.send("x"), Err(SendError::NotOpen));
+    }
+
+    #[test]
+    fn str0m_panics_and_errors_end_only_the_link() {
+        let mut net = connect();
+        let r = guarded(&mut net.a.link.rtc, |_| -> Result<(), RtcError> { panic!("boom") });
+        assert_eq!(r, Err("panic in str0m: boom".to_owned()));
+        net.a.link.fail("injected");
+        net.drain(true);
+        assert!(net.a.closed_at.is_some());
+        assert!(!net.a.link.is_alive());
+        assert_eq!(net.a.link.send("x"), Err(SendError::NotOpen));
+        // The other side notices through its silence timeout.
+        assert!(net.run_until(Duration::from_secs(20), |n| n.b.closed_at.is_some()));
+    }
+
+    #[test]
+    fn close_before_connecting_finishes_at_once() {
+        let config = LinkConfig::default();
+        let now = Instant::now();
+        let (mut a, _offer) = PeerLink::new_offerer(&[addr(A_ADDR)], &config, now).unwrap();
+        a.close();
+        assert_eq!(a.poll_output(), LinkOutput::Closed);
+        assert!(matches!(a.poll_output(), LinkOutput::Timeout(_)));
+        assert!(!a.is_alive());
+        // Everything after the end is a no-op.
+        a.handle_timeout(now + Duration::from_secs(1));
+        a.add_remote_candidate(&IceCandidatePayload {
+            candidate: "candidate:1 1 udp 1 192.0.2.5 9 typ host".into(),
+            ..Default::default()
+        });
+        a.close();
+        assert!(matches!(a.poll_output(), LinkOutput::Timeout(_)));
+    }
+}
