@@ -206,7 +206,7 @@ impl Registry {
         match (req.method, seg) {
             ("GET", ["healthz"]) => ApiResponse::ok(json!({"status": "ok"})),
             ("GET", ["metrics"]) => {
-                let mut r = ApiResponse::text(200, self.metrics(now));
+                let mut r = ApiResponse::text(200, self.metrics());
                 r.content_type = "text/plain; version=0.0.4";
                 r
             }
@@ -335,7 +335,7 @@ impl Registry {
         }
     }
 
-    fn metrics(&self, now: Now) -> String {
+    fn metrics(&self) -> String {
         let mut m = String::new();
         let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
             let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
@@ -351,7 +351,7 @@ impl Registry {
             self.counters.tokens_rate_limited,
         );
         gauge("chatixia_ws_refused_total", "WebSocket upgrades refused.", "counter", self.counters.ws_refused);
-        gauge("chatixia_agents", "Agents in the registry.", "gauge", self.agents.list(now.wall).len() as u64);
+        gauge("chatixia_agents", "Agents in the registry.", "gauge", self.agents.len() as u64);
         gauge("chatixia_api_keys", "Keys loaded from the keys file.", "gauge", self.keys.len() as u64);
         let _ = writeln!(
             m,
@@ -415,4 +415,163 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const KEYS: &str =
+        r#"{"keys":{"k-agent":{"peer_id":"alpha","role":"agent"},"k-admin":{"peer_id":"ops","role":"admin"}}}"#;
+
+    fn now() -> Now {
+        Now { mono: Instant::now(), wall: UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000) }
+    }
+
+    fn registry(config: ApiConfig) -> Registry {
+        let keys = KeyStore::parse(KEYS).unwrap();
+        Registry::new(config, keys, TokenIssuer::new(b"unit-test-secret").unwrap(), 1, now())
+    }
+
+    fn req<'a>(method: &'a str, path: &'a str) -> ApiRequest<'a> {
+        ApiRequest { method, path, client: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), ..Default::default() }
+    }
+
+    fn body(resp: &ApiResponse) -> Value {
+        serde_json::from_slice(&resp.body).unwrap()
+    }
+
+    #[test]
+    fn token_for_a_key_and_empty_401_otherwise() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let resp = r.handle_http(&ApiRequest { api_key: Some("k-agent"), ..req("POST", "/api/token") }, t);
+        assert_eq!(resp.status, 200);
+        let v = body(&resp);
+        assert_eq!((v["peer_id"].as_str(), v["role"].as_str()), (Some("alpha"), Some("agent")));
+        let id = r.tokens.verify(v["token"].as_str().unwrap(), t.unix_secs()).unwrap();
+        assert_eq!(id.peer_id, "alpha");
+        for key in [Some("nope"), None] {
+            let resp = r.handle_http(&ApiRequest { api_key: key, ..req("POST", "/api/token") }, t);
+            assert_eq!((resp.status, resp.body.len()), (401, 0));
+        }
+        assert_eq!((r.counters.tokens_issued, r.counters.tokens_refused), (1, 2));
+    }
+
+    #[test]
+    fn token_endpoint_is_rate_limited_per_client() {
+        let mut r = registry(ApiConfig { token_rate: Rate::new(1.0, 3.0), ..ApiConfig::default() });
+        let t = now();
+        let statuses: Vec<u16> = (0..5)
+            .map(|_| r.handle_http(&ApiRequest { api_key: Some("k-agent"), ..req("POST", "/api/token") }, t).status)
+            .collect();
+        assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
+        let other = ApiRequest {
+            api_key: Some("k-agent"),
+            client: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
+            ..req("POST", "/api/token")
+        };
+        assert_eq!(r.handle_http(&other, t).status, 200);
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxy = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let r = registry(ApiConfig { trusted_proxies: vec![proxy], ..ApiConfig::default() });
+        let via_proxy =
+            ApiRequest { client: Some(proxy), forwarded_for: Some("1.1.1.1, 2.2.2.2, 10.0.0.1"), ..req("GET", "/") };
+        assert_eq!(r.client_address(&via_proxy), Some("2.2.2.2".parse().unwrap()));
+        let direct = ApiRequest { forwarded_for: Some("9.9.9.9"), ..req("GET", "/") };
+        assert_eq!(r.client_address(&direct), Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    }
+
+    #[test]
+    fn admin_routes_need_an_admin_credential() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let admin_jwt = format!("Bearer {}", r.tokens.mint("ops", "admin", t.unix_secs()));
+        let agent_jwt = format!("Bearer {}", r.tokens.mint("alpha", "agent", t.unix_secs()));
+        let path = "/api/registry/agents/x";
+        let cases: [(Option<&str>, Option<&str>, u16); 6] = [
+            (None, None, 401),
+            (Some("k-agent"), None, 403),
+            (Some("wrong"), None, 401),
+            (None, Some(&agent_jwt), 403),
+            (None, Some("Bearer garbage"), 401),
+            (Some("k-admin"), None, 200),
+        ];
+        for (api_key, authorization, status) in cases {
+            let resp = r.handle_http(&ApiRequest { api_key, authorization, ..req("DELETE", path) }, t);
+            assert_eq!(resp.status, status, "{api_key:?} {authorization:?}");
+        }
+        let resp = r.handle_http(&ApiRequest { authorization: Some(&admin_jwt), ..req("DELETE", path) }, t);
+        assert_eq!((resp.status, body(&resp)), (200, json!({"error": "not found"})));
+    }
+
+    #[test]
+    fn bodies_400_for_non_json_and_422_for_wrong_types() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let bad = r.handle_http(&ApiRequest { body: b"{", ..req("POST", "/api/registry/agents") }, t);
+        assert_eq!(bad.status, 400);
+        let wrong = r.handle_http(&ApiRequest { body: br#"{"agent_id":1}"#, ..req("POST", "/api/registry/agents") }, t);
+        assert_eq!(wrong.status, 422);
+        let ok = r.handle_http(
+            &ApiRequest { body: br#"{"agent_id":"a","hostname":"h"}"#, ..req("POST", "/api/registry/agents") },
+            t,
+        );
+        assert_eq!(body(&ok), json!({"status": "ok"}));
+        let missing = r.handle_http(&req("GET", "/api/registry/agents/zz"), t);
+        assert_eq!((missing.status, body(&missing)), (200, json!({"error": "not found"})));
+    }
+
+    #[test]
+    fn cors_any_origin_except_admin_routes() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let pre = r.handle_http(&ApiRequest { origin: Some("http://x"), ..req("OPTIONS", "/api/token") }, t);
+        assert_eq!(pre.status, 204);
+        assert!(pre.headers.contains(&("access-control-allow-origin", "*".into())));
+        let admin =
+            r.handle_http(&ApiRequest { origin: Some("http://x"), ..req("DELETE", "/api/registry/agents/a") }, t);
+        assert!(!admin.headers.iter().any(|(h, _)| *h == "access-control-allow-origin"));
+        let mut listed = registry(ApiConfig { cors_origins: Some(vec!["http://ok".into()]), ..ApiConfig::default() });
+        let ok = listed.handle_http(&ApiRequest { origin: Some("http://ok"), ..req("GET", "/healthz") }, t);
+        assert!(ok.headers.contains(&("access-control-allow-origin", "http://ok".into())));
+        let no = listed.handle_http(&ApiRequest { origin: Some("http://evil"), ..req("GET", "/healthz") }, t);
+        assert!(!no.headers.iter().any(|(h, _)| *h == "access-control-allow-origin"));
+    }
+
+    #[test]
+    fn ws_authentication_reads_the_token_parameter() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let token = r.tokens.mint("alpha", "agent", t.unix_secs());
+        assert_eq!(r.authenticate_ws(&format!("x=1&token={token}"), t).unwrap().peer_id, "alpha");
+        assert_eq!(r.authenticate_ws("token=bad", t).unwrap_err().status, 401);
+        assert_eq!(r.authenticate_ws("", t).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn key_reload_closes_sockets_of_removed_keys() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let authz_keys = r.keys.clone();
+        let id = Identity { peer_id: "alpha".into(), role: "agent".into() };
+        r.hub.handle_connect(7, &id, &Authorization { keys: &authz_keys }, t.mono);
+        r.replace_keys(KeyStore::parse(r#"{"keys":{}}"#).unwrap());
+        assert_eq!(
+            r.hub.poll_output(),
+            Some(crate::hub::HubOutput::Close { conn: 7, code: 4003, reason: "not authorized" })
+        );
+    }
+
+    #[test]
+    fn query_params_are_percent_decoded() {
+        assert_eq!(query_param("a=1&token=x%2By%20z+w", "token").as_deref(), Some("x+y z w"));
+        assert_eq!(query_param("token=%zz%4", "token").as_deref(), Some("%zz%4"));
+        assert_eq!(query_param("a=1", "token"), None);
+        assert_eq!(query_param("token=é%C3%A9", "token").as_deref(), Some("éé"));
+    }
 }

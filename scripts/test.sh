@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every check and test of chatixia-mesh edge: formatting, lints, unit
+# tests of the sans-IO cores, and end-to-end tests that start the real
+# binaries on loopback. Installs what a fresh machine lacks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+    echo "cargo is missing: install Rust (https://rustup.rs) first" >&2
+    exit 1
+fi
+# rustfmt and clippy ship with rustup's default profile; add them if absent.
+if command -v rustup >/dev/null; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build binaries for the end-to-end tests"
+cargo build --workspace --bins --locked
+echo "== cargo test"
+cargo test --workspace --locked
