@@ -5,6 +5,7 @@
 //! The binaries must be built first (`cargo build --bins`); the test
 //! command in the README does that.
 
+pub mod jwt;
 pub mod ws;
 
 use std::io::{BufRead, BufReader};
@@ -13,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use ws::WsClient;
 
 /// Safety net for anything awaited in a test; never a synchronisation tool.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -22,12 +24,35 @@ pub fn bin_path(name: &str) -> PathBuf {
     if let Ok(dir) = std::env::var("CHATIXIA_BIN_DIR") {
         return Path::new(&dir).join(name);
     }
-    // target/<profile>/deps/<test-exe> → target/<profile>/<name>
+    // Test executables run from target/<profile>/deps/, binaries such as
+    // the bench from target/<profile>/: the wanted binary is next to the
+    // running one or one directory up.
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = profile_dir.join(name);
+    let dir = exe.parent().expect("exe dir");
+    let beside = dir.join(name);
+    if beside.is_file() {
+        return beside;
+    }
+    let path = dir.parent().expect("target dir").join(name);
     assert!(path.exists(), "{} not found: run `cargo build --bins` first", path.display());
     path
+}
+
+/// A command running a workspace binary. With `CHATIXIA_BIN_RUNNER` set
+/// (e.g. `qemu-aarch64-static` when the tests themselves run emulated), the
+/// binary is started through that runner, since foreign executables cannot
+/// be exec'd directly without binfmt_misc.
+pub fn bin_command(name: &str) -> Command {
+    let path = bin_path(name);
+    match std::env::var("CHATIXIA_BIN_RUNNER").ok().filter(|r| !r.is_empty()) {
+        Some(runner) => {
+            let mut parts = runner.split_whitespace();
+            let mut cmd = Command::new(parts.next().unwrap_or_default());
+            cmd.args(parts).arg(path);
+            cmd
+        }
+        None => Command::new(path),
+    }
 }
 
 /// A fresh scratch directory under the system temp dir, removed on drop.
@@ -103,15 +128,25 @@ impl Proc {
         assert!(status.is_ok_and(|s| s.success()), "kill -{sig} failed");
     }
 
-    /// Waits for exit and returns the status code (None when killed).
+    /// Waits for exit and returns the status code (None when killed). Then
+    /// every line the process wrote is in [`Proc::log`].
     pub fn wait_exit(&mut self) -> Option<i32> {
         let deadline = Instant::now() + TIMEOUT;
-        loop {
+        let code = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
+                break status.code();
             }
             assert!(Instant::now() < deadline, "process did not exit within {TIMEOUT:?}");
             std::thread::sleep(Duration::from_millis(10));
+        };
+        // The reader thread drops its sender at end of file.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break code,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("stderr still open after exit"),
+            }
         }
     }
 }
@@ -140,7 +175,27 @@ pub const DEFAULT_KEYS: &str = r#"{"keys":{
     "key-charlie":{"peer_id":"charlie","role":"agent"},
     "key-admin":{"peer_id":"admin-1","role":"admin"}}}"#;
 
+/// A fixed `SIGNALING_SECRET` (32 bytes) for tests that forge tokens.
+pub const TEST_SECRET: &str = "chatixia-e2e-secret-0123456789ab";
+
 impl Registry {
+    /// The command that starts a registry in `dir` on an ephemeral port of
+    /// 127.0.0.1, for tests that watch a start fail.
+    pub fn command(dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = Self::base_command(dir, 0);
+        cmd.args(extra_args).envs(env.iter().copied());
+        cmd
+    }
+
+    fn base_command(dir: &Path, port: u16) -> Command {
+        let mut cmd = bin_command("chatixia-registry");
+        cmd.current_dir(dir)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .env_remove("SIGNALING_SECRET")
+            .env("RUST_LOG", std::env::var("CHATIXIA_E2E_LOG").unwrap_or_else(|_| "info".into()));
+        cmd
+    }
+
     /// Starts a registry in `dir` (which holds `api_keys.json` if the test
     /// wrote one) on an ephemeral port.
     pub fn start_in(dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Registry {
@@ -155,13 +210,16 @@ impl Registry {
         Self::start_in(dir, &[], &[])
     }
 
+    /// Like [`Registry::start_default`], signing with [`TEST_SECRET`] so the
+    /// test can forge tokens.
+    pub fn start_with_secret(dir: &Path) -> Registry {
+        std::fs::write(dir.join("api_keys.json"), DEFAULT_KEYS).unwrap();
+        Self::start_in(dir, &[], &[("SIGNALING_SECRET", TEST_SECRET)])
+    }
+
     fn launch(dir: PathBuf, port: u16, extra_args: Vec<String>, env: Vec<(String, String)>) -> Registry {
-        let mut cmd = Command::new(bin_path("chatixia-registry"));
-        cmd.current_dir(&dir)
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(&extra_args)
-            .env_remove("SIGNALING_SECRET")
-            .env("RUST_LOG", std::env::var("CHATIXIA_E2E_LOG").unwrap_or_else(|_| "info".into()));
+        let mut cmd = Self::base_command(&dir, port);
+        cmd.args(&extra_args);
         for (k, v) in &env {
             cmd.env(k, v);
         }
@@ -188,23 +246,88 @@ impl Registry {
         format!("ws://127.0.0.1:{}/ws?token={token}", self.port)
     }
 
-    /// Exchanges an API key for a JWT; panics unless it succeeds.
+    /// Exchanges an API key for a JWT; panics unless it succeeds. Each call
+    /// counts against the token rate limit (burst 20 per client address).
     pub fn token(&self, api_key: &str) -> String {
-        let resp: serde_json::Value = http_agent()
-            .post(&self.http("/api/token"))
-            .header("X-API-Key", api_key)
-            .send_empty()
-            .expect("token request")
-            .body_mut()
-            .read_json()
-            .expect("token json");
-        resp["token"].as_str().expect("token field").to_owned()
+        let reply = self.request("POST", "/api/token", &[("X-API-Key", api_key)], None);
+        assert_eq!(reply.status, 200, "token for {api_key}: {reply:?}");
+        reply.json()["token"].as_str().expect("token field").to_owned()
+    }
+
+    /// A WebSocket of the key's identity (token exchange, then upgrade).
+    pub async fn connect(&self, api_key: &str) -> WsClient {
+        let reply = self.request("POST", "/api/token", &[("X-API-Key", api_key)], None);
+        assert_eq!(reply.status, 200, "token for {api_key}: {reply:?}");
+        let body = reply.json();
+        let (token, peer_id) = (body["token"].as_str().unwrap(), body["peer_id"].as_str().unwrap());
+        WsClient::connect(&self.ws_url(token), peer_id).await.expect("WebSocket upgrade")
+    }
+
+    /// Replaces the keys file.
+    pub fn write_keys(&self, json: &str) {
+        std::fs::write(self.dir.join("api_keys.json"), json).unwrap();
+    }
+
+    /// Replaces the keys file, sends SIGHUP and waits until the registry has
+    /// reloaded it.
+    pub fn reload_keys(&self, json: &str) {
+        self.write_keys(json);
+        self.proc.signal("HUP");
+        self.proc.wait_for_line("reloaded");
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, &[], None)
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Reply {
+        self.request("POST", path, &[("Content-Type", "application/json")], Some(body))
+    }
+
+    /// Any request; non-2xx answers are returned, not errors.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+        let mut req = ureq::http::Request::builder().method(method).uri(self.http(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let agent = http_agent();
+        let resp = match body {
+            Some(b) => agent.run(req.body(b.to_owned()).expect("request")),
+            None => agent.run(req.body(()).expect("request")),
+        };
+        let mut resp = resp.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        let body = resp.body_mut().read_to_string().expect("response body");
+        Reply { status: resp.status().as_u16(), headers, body }
+    }
+}
+
+/// An HTTP answer, read in full.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// Lower-case names.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 fn parse_port(line: &str) -> Option<u16> {
     let rest = &line[line.find("http://")? + 7..];
-    let host_port = rest.split(|c: char| c == ' ' || c == '/' || c == ')').next()?;
+    let host_port = rest.split([' ', '/', ')']).next()?;
     host_port.rsplit(':').next()?.parse().ok()
 }
 

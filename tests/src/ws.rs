@@ -32,8 +32,29 @@ impl WsClient {
         Ok(WsClient { ws, peer_id: peer_id.to_owned() })
     }
 
+    /// Opens `url` expecting the upgrade to be refused; returns the HTTP
+    /// status and body of the refusal.
+    pub async fn refused(url: &str) -> (u16, Vec<u8>) {
+        match WsClient::connect(url, "refused").await {
+            Err(async_tungstenite::tungstenite::Error::Http(resp)) => {
+                (resp.status().as_u16(), resp.body().clone().unwrap_or_default())
+            }
+            Err(e) => panic!("upgrade failed without an HTTP answer: {e}"),
+            Ok(_) => panic!("upgrade to {url} was accepted"),
+        }
+    }
+
     pub async fn send_text(&mut self, text: String) {
         self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn send_binary(&mut self, data: Vec<u8>) {
+        self.ws.send(Message::binary(data)).await.expect("send");
+    }
+
+    /// Closes with a close frame (a clean disconnect).
+    pub async fn close(mut self) {
+        self.ws.close(None).await.expect("close");
     }
 
     /// Sends a frame from this client's identity.
@@ -78,6 +99,34 @@ impl WsClient {
             Incoming::Json(v) => v,
             Incoming::Closed(frame) => panic!("{}: socket closed: {frame:?}", self.peer_id),
         }
+    }
+
+    /// The next frame must be a close; returns its code (`None`: the
+    /// connection ended without a close frame).
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        match self.next().await {
+            Incoming::Closed(frame) => frame.map(|f| u16::from(f.code)),
+            Incoming::Json(v) => panic!("{}: expected a close, got {v}", self.peer_id),
+        }
+    }
+
+    /// The next frame must be a registry `error` with `code`.
+    pub async fn expect_error(&mut self, code: &str) {
+        let frame = self.next_json().await;
+        assert_eq!(frame["type"], "error", "{}: expected error {code}, got {frame}", self.peer_id);
+        assert_eq!(frame["peer_id"], "registry", "{frame}");
+        assert_eq!(frame["payload"]["code"], code, "{}: {frame}", self.peer_id);
+        assert!(frame["payload"]["message"].is_string(), "{frame}");
+    }
+
+    /// Asserts that nothing is queued for this client: sends `ping` and
+    /// requires its `pong` to be the very next frame. Whatever the registry
+    /// decided before it handled the ping arrives before the pong, so this
+    /// is a barrier, not a guess about timing.
+    pub async fn expect_quiet(&mut self) {
+        self.send("ping", None, Value::Null).await;
+        let frame = self.next_json().await;
+        assert_eq!(frame["type"], "pong", "{}: expected nothing before the pong, got {frame}", self.peer_id);
     }
 
     /// Sends `register` and returns the peers of the `peer_list` answer.

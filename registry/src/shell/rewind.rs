@@ -12,8 +12,11 @@ pub struct Rewind<S> {
 }
 
 impl<S> Rewind<S> {
+    /// `prefix` is a view into hyper's read buffer (8 KiB, zero-filled)
+    /// even when it is empty; holding it would keep that buffer for the
+    /// life of the WebSocket. Copy what is left and let the buffer go.
     pub fn new(prefix: bytes::Bytes, inner: S) -> Self {
-        Rewind { prefix, inner }
+        Rewind { prefix: bytes::Bytes::copy_from_slice(&prefix), inner }
     }
 }
 

@@ -4,7 +4,8 @@
 use super::{ConnHandle, Shared, SocketGuard, now};
 use crate::token::Identity;
 use async_tungstenite::WebSocketStream;
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::frame::Frame;
+use async_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -12,10 +13,20 @@ use futures_util::{SinkExt, StreamExt};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// Frames handled before yielding, so one flooding client cannot hold the
 /// thread while others wait.
 const BURST: usize = 32;
+
+/// Longer outgoing messages go out fragmented (RFC 6455 §5.4) into frames
+/// of this many bytes. tungstenite's write buffer keeps the capacity of the
+/// largest frame it ever wrote, for the life of the connection; a
+/// `peer_list` of 1,000 peers is 13 KB, and sidecars re-register.
+const MAX_OUT_FRAME: usize = 4096;
+
+/// How long a closing connection may take to send its close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(super) async fn run<S>(shared: Rc<Shared>, stream: S, identity: Identity, peer: SocketAddr, _guard: Rc<SocketGuard>)
 where
@@ -33,9 +44,11 @@ where
 
     let conn = shared.next_conn.get();
     shared.next_conn.set(conn + 1);
-    let (tx, rx) = async_channel::bounded(shared.config.ws_send_queue);
+    // At most ws_send_queue frames: the dispatcher checks (see ConnHandle).
+    let (tx, rx) = async_channel::unbounded();
+    let (stop, stopped) = async_channel::bounded(1);
     let close = Rc::new(Cell::new(None));
-    shared.conns.borrow_mut().insert(conn, ConnHandle { tx, close: close.clone() });
+    shared.conns.borrow_mut().insert(conn, ConnHandle { tx, close: close.clone(), stop });
     {
         let mut registry = shared.registry.borrow_mut();
         let registry = &mut *registry;
@@ -84,10 +97,10 @@ where
             if close.get().is_some() {
                 break;
             }
-            let mut result = sink.feed(msg).await;
+            let mut result = feed(&mut sink, msg).await;
             while result.is_ok() && close.get().is_none() {
                 match rx.try_recv() {
-                    Ok(more) => result = sink.feed(more).await,
+                    Ok(more) => result = feed(&mut sink, more).await,
                     Err(_) => break,
                 }
             }
@@ -97,9 +110,25 @@ where
         }
         close.get().map(|(code, reason)| (CloseCode::from(code), reason))
     };
-    let close_with = futures_lite::future::or(reader, writer).await;
+    // The writer notices a close only between frames; a client that stopped
+    // reading leaves it blocked in a write, so the close also comes this way.
+    let stop = async {
+        let _ = stopped.recv().await;
+        close.get().map(|(code, reason)| (CloseCode::from(code), reason))
+    };
+    let close_with = futures_lite::future::or(futures_lite::future::or(reader, writer), stop).await;
     let frame = close_with.map(|(code, reason)| CloseFrame { code, reason: reason.into() });
-    let _ = sink.close(frame).await;
+    // Such a client would not take the close frame either.
+    futures_lite::future::or(
+        async {
+            let _ = sink.close(frame).await;
+        },
+        async {
+            smol::Timer::after(CLOSE_TIMEOUT).await;
+            log::info!("connection {conn}: close frame not taken within {CLOSE_TIMEOUT:?}; dropping the socket");
+        },
+    )
+    .await;
 
     shared.conns.borrow_mut().remove(&conn);
     {
@@ -110,4 +139,25 @@ where
     }
     shared.dispatch();
     log::info!("peer {} disconnected (connection {conn})", identity.peer_id);
+}
+
+/// Queues `msg`, as fragments of [`MAX_OUT_FRAME`] bytes if it is a longer
+/// text. Receivers reassemble them; the JSON is split at any byte.
+async fn feed<Si>(sink: &mut Si, msg: Message) -> Result<(), WsError>
+where
+    Si: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let text = match msg {
+        Message::Text(text) if text.len() > MAX_OUT_FRAME => bytes::Bytes::from(text),
+        other => return sink.feed(other).await,
+    };
+    let mut start = 0;
+    while start < text.len() {
+        let end = (start + MAX_OUT_FRAME).min(text.len());
+        let kind = if start == 0 { OpData::Text } else { OpData::Continue };
+        let frame = Frame::message(text.slice(start..end), OpCode::Data(kind), end == text.len());
+        sink.feed(Message::Frame(frame)).await?;
+        start = end;
+    }
+    Ok(())
 }

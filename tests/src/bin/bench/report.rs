@@ -1,0 +1,181 @@
+//! Figures next to their budgets, and what the bench reads from /proc.
+
+use std::time::Duration;
+
+/// How a value is printed.
+#[derive(Debug, Clone, Copy)]
+pub enum Unit {
+    /// Bytes, printed in MiB.
+    MiB,
+    /// Per second, printed with thousands separators.
+    PerSec(&'static str),
+    /// Nanoseconds, printed in ms.
+    Ms,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Budget {
+    AtMost(f64),
+    AtLeast(f64),
+    /// Reported for context; counts neither way.
+    None,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub figures: usize,
+    pub over: usize,
+}
+
+impl Report {
+    /// Prints `name: value unit (budget: …, PASS|OVER)`; `value` and the
+    /// budget are in the unit's base (bytes, per second, nanoseconds).
+    pub fn figure(&mut self, name: &str, value: f64, unit: Unit, budget: Budget) {
+        let shown = format_value(value, unit, false);
+        let verdict = match budget {
+            Budget::AtMost(limit) => Some((format!("≤ {}", format_value(limit, unit, true)), value <= limit)),
+            Budget::AtLeast(limit) => Some((format!("≥ {}", format_value(limit, unit, true)), value >= limit)),
+            Budget::None => None,
+        };
+        match verdict {
+            Some((limit, pass)) => {
+                self.figures += 1;
+                if !pass {
+                    self.over += 1;
+                }
+                println!("{name}: {shown} (budget: {limit}, {})", if pass { "PASS" } else { "OVER" });
+            }
+            None => println!("{name}: {shown} (budget: none)"),
+        }
+    }
+
+    pub fn note(&self, text: &str) {
+        println!("#   {text}");
+    }
+}
+
+fn format_value(value: f64, unit: Unit, compact: bool) -> String {
+    match unit {
+        Unit::MiB => {
+            let mib = value / (1024.0 * 1024.0);
+            if compact && mib.fract() == 0.0 { format!("{mib:.0} MiB") } else { format!("{mib:.2} MiB") }
+        }
+        Unit::PerSec(what) => format!("{} {what}/s", thousands(value.round() as u64)),
+        Unit::Ms => {
+            let ms = value / 1e6;
+            if compact && ms.fract() == 0.0 { format!("{ms:.0} ms") } else { format!("{ms:.3} ms") }
+        }
+    }
+}
+
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// VmRSS of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64, String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or("no VmRSS line")?;
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or("bad VmRSS line")?;
+    Ok(kib * 1024)
+}
+
+/// User plus system CPU time of a whole process so far.
+pub fn process_cpu(pid: u32) -> Result<Duration, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').ok_or("bad stat")? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).ok_or("bad stat field");
+    let total = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos(total * 1_000_000_000 / hz))
+}
+
+/// Busy and total CPU time of the whole machine so far, in clock ticks
+/// summed over all cores (the `cpu` line of /proc/stat).
+pub fn machine_cpu() -> Result<(u64, u64), String> {
+    let stat = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
+    let line = stat.lines().next().filter(|l| l.starts_with("cpu ")).ok_or("no cpu line in /proc/stat")?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    Ok((busy, busy + at(3) + at(4)))
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// CPU time of the calling thread so far.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Raises the soft open-files limit to at least `wanted` (within the hard
+/// limit); children inherit it. Returns the soft limit now in force.
+pub fn raise_nofile(wanted: u64) -> Result<u64, String> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+    }
+    if lim.rlim_cur >= wanted {
+        return Ok(lim.rlim_cur);
+    }
+    let raised = libc::rlimit { rlim_cur: wanted.min(lim.rlim_max), rlim_max: lim.rlim_max };
+    // SAFETY: `raised` is a valid rlimit within the hard limit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+    }
+    Ok(raised.rlim_cur)
+}
+
+/// Percentile `p` (0..=100) of sorted values, nearest rank.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_ranks() {
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(format_value(4.0 * 1024.0 * 1024.0, Unit::MiB, true), "4 MiB");
+        assert_eq!(format_value(50_000.0, Unit::PerSec("frames"), true), "50,000 frames/s");
+        assert_eq!(format_value(1_000_000.0, Unit::Ms, true), "1 ms");
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&v, 100.0), 100);
+    }
+}
