@@ -367,11 +367,10 @@ impl Registry {
 fn is_admin_route(method: &str, seg: &[&str]) -> bool {
     matches!(
         (method, seg),
-        ("DELETE", ["api", "registry", "agents", _])
+        ("DELETE" | "OPTIONS", ["api", "registry", "agents", _])
             | (_, ["api", "pairing", "pending" | "all"])
             | (_, ["api", "pairing", _, _])
     ) && !matches!(seg, ["api", "pairing", "generate-code" | "pair"])
-        && method != "OPTIONS"
 }
 
 /// Parses a JSON body: not JSON → 400, JSON of the wrong shape → 422.
