@@ -6,16 +6,23 @@ use crate::agents::{AgentInfo, AgentRegistry, Heartbeat};
 use crate::hub::{Authorize, Hub, HubConfig};
 use crate::ice;
 use crate::keys::KeyStore;
-use crate::ratelimit::{KeyedLimiter, Rate};
-use crate::tasks::{TaskHub, TaskSubmission, TaskUpdate, UpdateError};
+use crate::pairing::{CodeError, PairError, PairingLimits, PairingSnapshot, PairingStore, Status};
+use crate::persist::{Dirty, Revisions};
+use crate::ratelimit::{KeyedLimiter, Rate, TokenBucket};
+use crate::tasks::{Task, TaskHub, TaskSubmission, TaskUpdate, UpdateError};
 use crate::token::{Identity, TokenIssuer};
 use crate::topology;
-use chatixia_protocol::claims::{ROLE_ADMIN, TokenResponse};
+use chatixia_protocol::claims::{ROLE_ADMIN, ROLE_AGENT, ROLE_PENDING, TokenResponse};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Fills a buffer from a CSPRNG or says why it cannot; the shell passes the
+/// operating system's, tests a deterministic one.
+pub type RandomSource = Box<dyn FnMut(&mut [u8]) -> Result<(), String>>;
 
 /// Both clocks, read once by the shell per event.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +49,12 @@ pub struct ApiConfig {
     /// `None` means any origin (`*`), for non-admin routes only.
     pub cors_origins: Option<Vec<String>>,
     pub trusted_proxies: Vec<IpAddr>,
+    pub pairing: PairingLimits,
+    /// Pairing attempts per client address (IPv6: per /64).
+    pub pair_rate: Rate,
+    /// Code checks across all clients: a 6-digit code falls to guessing
+    /// from enough addresses unless the total is bounded too.
+    pub pair_global_rate: Rate,
 }
 
 impl Default for ApiConfig {
@@ -53,6 +66,9 @@ impl Default for ApiConfig {
             turn: None,
             cors_origins: None,
             trusted_proxies: Vec::new(),
+            pairing: PairingLimits::default(),
+            pair_rate: Rate::per_window(5, Duration::from_secs(60)),
+            pair_global_rate: Rate::per_window(60, Duration::from_secs(60)),
         }
     }
 }
@@ -108,15 +124,16 @@ impl ApiResponse {
     }
 }
 
-/// Who may join the mesh: the peer_ids of the API keys (and, with pairing,
-/// of approved entries).
+/// Who may join the mesh: the peer_ids of the API keys and of approved
+/// pairing entries.
 pub struct Authorization<'a> {
     pub keys: &'a KeyStore,
+    pub pairing: &'a PairingStore,
 }
 
 impl Authorize for Authorization<'_> {
     fn is_authorized(&self, peer_id: &str) -> bool {
-        self.keys.has_peer(peer_id)
+        self.keys.has_peer(peer_id) || self.pairing.is_approved(peer_id)
     }
 }
 
@@ -126,6 +143,9 @@ pub struct Counters {
     pub tokens_refused: u64,
     pub tokens_rate_limited: u64,
     pub ws_refused: u64,
+    pub pairings: u64,
+    pub pairings_refused: u64,
+    pub pairings_rate_limited: u64,
 }
 
 pub struct Registry {
@@ -135,46 +155,100 @@ pub struct Registry {
     pub hub: Hub,
     pub agents: AgentRegistry,
     pub tasks: TaskHub,
+    pub pairing: PairingStore,
     pub counters: Counters,
     token_limiter: KeyedLimiter<IpAddr>,
+    pair_limiter: KeyedLimiter<IpAddr>,
+    pair_checks: TokenBucket,
+    rng: RandomSource,
 }
 
 /// Bodies larger than this are refused by the shell before parsing.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 impl Registry {
-    pub fn new(config: ApiConfig, keys: KeyStore, tokens: TokenIssuer, task_seed: u64, now: Now) -> Self {
+    pub fn new(
+        config: ApiConfig,
+        keys: KeyStore,
+        tokens: TokenIssuer,
+        task_seed: u64,
+        rng: RandomSource,
+        now: Now,
+    ) -> Self {
         Registry {
             hub: Hub::new(config.hub.clone(), now.mono),
             token_limiter: KeyedLimiter::new(config.token_rate, 10_000),
+            pair_limiter: KeyedLimiter::new(config.pair_rate, 10_000),
+            pair_checks: TokenBucket::new(config.pair_global_rate, now.mono),
+            pairing: PairingStore::new(config.pairing),
             config,
             keys,
             tokens,
             agents: AgentRegistry::new(),
             tasks: TaskHub::new(task_seed),
             counters: Counters::default(),
+            rng,
         }
     }
 
     pub fn authz(&self) -> Authorization<'_> {
-        Authorization { keys: &self.keys }
+        Authorization { keys: &self.keys, pairing: &self.pairing }
     }
 
     /// Swaps in a reloaded keys file and drops sockets that lost their key.
     pub fn replace_keys(&mut self, keys: KeyStore) {
         self.keys = keys;
-        let Registry { hub, keys, .. } = self;
-        hub.handle_authorization_changed(&Authorization { keys });
+        let Registry { hub, keys, pairing, .. } = self;
+        hub.handle_authorization_changed(&Authorization { keys, pairing });
     }
 
-    /// Checks the `token` query parameter of a WebSocket upgrade.
+    /// Replaces the pairing store with one read back from the state
+    /// directory; an inconsistent snapshot is an error.
+    pub fn restore_pairing(&mut self, snapshot: PairingSnapshot, now: Now) -> Result<(), String> {
+        self.pairing = PairingStore::restore(snapshot, self.config.pairing, now.wall)?;
+        Ok(())
+    }
+
+    /// Replaces the tasks with ones read back from the state directory;
+    /// returns how many were dropped by the bounds.
+    pub fn restore_tasks(&mut self, tasks: Vec<Task>, now: Now) -> usize {
+        self.tasks.restore(tasks, now.wall)
+    }
+
+    /// Where each persisted kind of state stands; compare before and after
+    /// a call to know whether it changed anything that must be saved.
+    pub fn revisions(&self) -> Revisions {
+        Revisions { pairing: self.pairing.revision(), tasks: self.tasks.revision() }
+    }
+
+    /// The state files whose content moved on since `saved`.
+    pub fn changed_since(&self, saved: Revisions) -> Vec<Dirty> {
+        let mut dirty = Vec::new();
+        if self.pairing.revision() != saved.pairing {
+            dirty.push(Dirty::Pairing(self.pairing.snapshot()));
+        }
+        if self.tasks.revision() != saved.tasks {
+            dirty.push(Dirty::Tasks(self.tasks.snapshot()));
+        }
+        dirty
+    }
+
+    /// Checks the `token` query parameter of a WebSocket upgrade. A token of
+    /// a rejected or revoked device is refused even before it expires, so
+    /// such a device cannot even hold a socket.
     pub fn authenticate_ws(&mut self, query: &str, now: Now) -> Result<Identity, ApiResponse> {
         let token = query_param(query, "token").unwrap_or_default();
-        self.tokens.verify(&token, now.unix_secs()).map_err(|reason| {
-            self.counters.ws_refused += 1;
+        let refuse = |counters: &mut Counters, reason: &str| {
+            counters.ws_refused += 1;
             log::info!("refused WebSocket upgrade: {reason}");
             ApiResponse::empty(401)
-        })
+        };
+        let id = self.tokens.verify(&token, now.unix_secs()).map_err(|reason| refuse(&mut self.counters, &reason))?;
+        if self.pairing.is_shut_out(&id.peer_id) && !self.keys.has_peer(&id.peer_id) {
+            let reason = format!("{} is a rejected or revoked device", id.peer_id);
+            return Err(refuse(&mut self.counters, &reason));
+        }
+        Ok(id)
     }
 
     pub fn handle_http(&mut self, req: &ApiRequest, now: Now) -> ApiResponse {
@@ -200,13 +274,18 @@ impl Registry {
     }
 
     fn route(&mut self, req: &ApiRequest, seg: &[&str], admin_route: bool, now: Now) -> ApiResponse {
-        if admin_route && let Err(resp) = self.require_admin(req, now) {
-            return resp;
-        }
+        let admin = if admin_route {
+            match self.require_admin(req, now) {
+                Ok(admin) => admin,
+                Err(resp) => return resp,
+            }
+        } else {
+            String::new()
+        };
         match (req.method, seg) {
             ("GET", ["healthz"]) => ApiResponse::ok(json!({"status": "ok"})),
             ("GET", ["metrics"]) => {
-                let mut r = ApiResponse::text(200, self.metrics());
+                let mut r = ApiResponse::text(200, self.metrics(now));
                 r.content_type = "text/plain; version=0.0.4";
                 r
             }
@@ -263,6 +342,36 @@ impl Registry {
                 let pending = self.tasks.claim(&agent_id, &skills, now.wall);
                 ApiResponse::ok(json!({"status": "ok", "pending_tasks": pending}))
             }),
+            ("POST", ["api", "pairing", "generate-code"]) => self.generate_code(req, now),
+            ("POST", ["api", "pairing", "pair"]) => self.pair(req, now),
+            ("GET", ["api", "pairing", "pending"]) => ApiResponse::ok(json!(self.pairing.list(true))),
+            ("GET", ["api", "pairing", "all"]) => ApiResponse::ok(json!(self.pairing.list(false))),
+            ("POST", ["api", "pairing", id, "approve"]) => match self.pairing.approve(id, now.wall) {
+                Ok(entry) => {
+                    log::info!("{admin} approved device {:?} ({}, entry {id})", entry.agent_name, entry.peer_id);
+                    let Registry { hub, keys, pairing, .. } = self;
+                    // Pushes a fresh peer_list to the device if it is connected.
+                    hub.handle_authorization_changed(&Authorization { keys, pairing });
+                    ApiResponse::ok(json!({"id": entry.id, "status": entry.status, "peer_id": entry.peer_id}))
+                }
+                Err(_) => ApiResponse::json(404, &json!({"error": "not found or not pending"})),
+            },
+            ("POST", ["api", "pairing", id, "reject"]) => match self.pairing.reject(id, now.wall) {
+                Ok(entry) => {
+                    log::info!("{admin} rejected device {:?} ({}, entry {id})", entry.agent_name, entry.peer_id);
+                    self.shut_out(&entry.peer_id);
+                    ApiResponse::ok(json!({"status": "ok"}))
+                }
+                Err(_) => ApiResponse::json(404, &json!({"error": "not found or not pending"})),
+            },
+            ("POST", ["api", "pairing", id, "revoke"]) => match self.pairing.revoke(id, now.wall) {
+                Ok(entry) => {
+                    log::info!("{admin} revoked device {:?} ({}, entry {id})", entry.agent_name, entry.peer_id);
+                    self.shut_out(&entry.peer_id);
+                    ApiResponse::ok(json!({"status": "ok"}))
+                }
+                Err(_) => ApiResponse::json(404, &json!({"error": "not found or not approved"})),
+            },
             ("GET", ["api", "hub", "network", "topology"]) => {
                 let records = self.agents.list(now.wall);
                 ApiResponse::ok(json!(topology::Topology::build(&records, self.hub.mesh_status())))
@@ -271,6 +380,9 @@ impl Registry {
         }
     }
 
+    /// A valid API key wins; otherwise a device token: an approved entry's
+    /// gets role `agent`, a pending one's role `pending` (it may hold a
+    /// socket but is authorized for nothing), any other 401 (compatible).
     fn issue_token(&mut self, req: &ApiRequest, now: Now) -> ApiResponse {
         let client = self.client_address(req);
         if let Some(ip) = client
@@ -279,34 +391,148 @@ impl Registry {
             self.counters.tokens_rate_limited += 1;
             return ApiResponse::empty(429);
         }
-        let entry = req.api_key.and_then(|k| self.keys.lookup(k)).cloned();
-        let Some(entry) = entry else {
+        let by_key = req.api_key.and_then(|k| self.keys.lookup(k)).map(|e| (e.peer_id.clone(), e.role.clone()));
+        let identity = by_key.or_else(|| {
+            let entry = self.pairing.by_device_token(req.device_token?)?;
+            let role = match entry.status {
+                Status::Approved => ROLE_AGENT,
+                Status::PendingApproval => ROLE_PENDING,
+                Status::Rejected | Status::Revoked => return None,
+            };
+            Some((entry.peer_id.clone(), role.to_owned()))
+        });
+        let Some((peer_id, role)) = identity else {
             self.counters.tokens_refused += 1;
             log::info!("refused a token request from {client:?}: unknown credential");
             return ApiResponse::empty(401);
         };
-        let token = self.tokens.mint(&entry.peer_id, &entry.role, now.unix_secs());
+        let token = self.tokens.mint(&peer_id, &role, now.unix_secs());
         self.counters.tokens_issued += 1;
-        let body = TokenResponse { token, peer_id: entry.peer_id, role: entry.role };
-        ApiResponse::ok(json!(body))
+        ApiResponse::ok(json!(TokenResponse { token, peer_id, role }))
     }
 
-    fn require_admin(&self, req: &ApiRequest, now: Now) -> Result<(), ApiResponse> {
+    /// Closes the sockets of a device that was just rejected or revoked and
+    /// tells the others it left.
+    fn shut_out(&mut self, peer_id: &str) {
+        let Registry { hub, keys, pairing, .. } = self;
+        hub.handle_revoked(peer_id, &Authorization { keys, pairing });
+    }
+
+    /// `generate-code` needs any valid API key (compatible) or an admin JWT;
+    /// the code remembers whose, for the entry's `invited_by`.
+    fn generate_code(&mut self, req: &ApiRequest, now: Now) -> ApiResponse {
+        let creator = match req.api_key {
+            Some(key) => match self.keys.lookup(key) {
+                Some(entry) => entry.peer_id.clone(),
+                None => return ApiResponse::json(401, &json!({"error": "invalid credential"})),
+            },
+            None => match self.admin_bearer(req, now) {
+                Some(Ok(admin)) => admin,
+                Some(Err(resp)) => return resp,
+                None => return ApiResponse::json(401, &json!({"error": "API key or admin credential required"})),
+            },
+        };
+        match self.pairing.generate_code(&creator, now.wall, &mut *self.rng) {
+            Ok(code) => {
+                log::info!("{creator} generated a pairing code");
+                ApiResponse::ok(json!({"code": code, "expires_in": crate::pairing::CODE_TTL_SECS}))
+            }
+            Err(e @ CodeError::Full) => ApiResponse::json(503, &json!({"error": e.to_string()})),
+            Err(e @ CodeError::NoRandomness(_)) => {
+                log::error!("cannot generate a pairing code: {e}");
+                ApiResponse::json(500, &json!({"error": "cannot generate a code"}))
+            }
+        }
+    }
+
+    /// `POST /api/pairing/pair`. Every attempt counts against the client's
+    /// limit, whatever its body; only well-formed ones against the global
+    /// limit on code checks.
+    fn pair(&mut self, req: &ApiRequest, now: Now) -> ApiResponse {
+        let too_many = || ApiResponse::json(429, &json!({"error": "too many pairing attempts, try again later"}));
+        let client = self.client_address(req);
+        if let Some(ip) = client
+            && !self.pair_limiter.take(&rate_limit_key(ip), now.mono)
+        {
+            self.counters.pairings_rate_limited += 1;
+            log::warn!("refused a pairing attempt from {ip}: over the limit");
+            return too_many();
+        }
+        #[derive(Deserialize)]
+        struct PairRequest {
+            #[serde(default)]
+            code: String,
+            #[serde(default)]
+            agent_name: String,
+        }
+        let from = client.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+        with_body(req, |body: PairRequest| {
+            if let Err(e) = PairingStore::check_request(&body.code, &body.agent_name) {
+                return ApiResponse::json(400, &json!({"error": e.to_string()}));
+            }
+            if !self.pair_checks.take(self.config.pair_global_rate, now.mono) {
+                self.counters.pairings_rate_limited += 1;
+                log::warn!("refused a pairing attempt from {from}: over the global limit on code checks");
+                return too_many();
+            }
+            let keys = &self.keys;
+            let result =
+                self.pairing.redeem(&body.code, &body.agent_name, now.wall, &mut *self.rng, &|p| keys.has_peer(p));
+            match result {
+                Ok(paired) => {
+                    let e = &paired.entry;
+                    self.counters.pairings += 1;
+                    log::info!(
+                        "device {:?} paired from {from} as {} (entry {}, invited by {}); awaiting approval",
+                        e.agent_name,
+                        e.peer_id,
+                        e.id,
+                        e.invited_by
+                    );
+                    ApiResponse::ok(json!({
+                        "id": e.id,
+                        "status": e.status,
+                        "peer_id": e.peer_id,
+                        "device_token": paired.device_token,
+                    }))
+                }
+                Err(e @ PairError::InvalidCode) => {
+                    self.counters.pairings_refused += 1;
+                    log::info!("refused a pairing attempt from {from}: {e}");
+                    ApiResponse::json(401, &json!({"error": e.to_string()}))
+                }
+                Err(e @ PairError::Full) => ApiResponse::json(503, &json!({"error": e.to_string()})),
+                Err(e @ PairError::NoRandomness(_)) => {
+                    log::error!("cannot pair a device: {e}");
+                    ApiResponse::json(500, &json!({"error": "cannot pair now"}))
+                }
+                Err(e) => ApiResponse::json(400, &json!({"error": e.to_string()})),
+            }
+        })
+    }
+
+    /// Admin routes: an API key with role admin, or a JWT with role admin.
+    /// Returns the admin's peer_id, for the log.
+    fn require_admin(&self, req: &ApiRequest, now: Now) -> Result<String, ApiResponse> {
         if let Some(key) = req.api_key {
             return match self.keys.lookup(key) {
-                Some(e) if e.role == ROLE_ADMIN => Ok(()),
+                Some(e) if e.role == ROLE_ADMIN => Ok(e.peer_id.clone()),
                 Some(_) => Err(ApiResponse::json(403, &json!({"error": "admin role required"}))),
                 None => Err(ApiResponse::json(401, &json!({"error": "invalid credential"}))),
             };
         }
-        if let Some(bearer) = req.authorization.and_then(|a| a.strip_prefix("Bearer ")) {
-            return match self.tokens.verify(bearer.trim(), now.unix_secs()) {
-                Ok(id) if id.role == ROLE_ADMIN => Ok(()),
-                Ok(_) => Err(ApiResponse::json(403, &json!({"error": "admin role required"}))),
-                Err(_) => Err(ApiResponse::json(401, &json!({"error": "invalid credential"}))),
-            };
-        }
-        Err(ApiResponse::json(401, &json!({"error": "admin credential required"})))
+        self.admin_bearer(req, now)
+            .unwrap_or_else(|| Err(ApiResponse::json(401, &json!({"error": "admin credential required"}))))
+    }
+
+    /// `None` without an `Authorization: Bearer` header.
+    fn admin_bearer(&self, req: &ApiRequest, now: Now) -> Option<Result<String, ApiResponse>> {
+        let bearer = req.authorization?.strip_prefix("Bearer ")?;
+        Some(match self.tokens.verify(bearer.trim(), now.unix_secs()) {
+            Ok(id) if id.role == ROLE_ADMIN => Ok(id.peer_id),
+            Ok(_) => Err(ApiResponse::json(403, &json!({"error": "admin role required"}))),
+            Err(_) => Err(ApiResponse::json(401, &json!({"error": "invalid credential"}))),
+        })
     }
 
     /// The address rate limits apply to: the peer, or, when the peer is a
@@ -335,7 +561,7 @@ impl Registry {
         }
     }
 
-    fn metrics(&self) -> String {
+    fn metrics(&self, now: Now) -> String {
         let mut m = String::new();
         let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
             let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
@@ -360,7 +586,53 @@ impl Registry {
         for (reason, count) in &self.hub.stats.drops {
             let _ = writeln!(m, "chatixia_dropped_frames_total{{reason=\"{reason}\"}} {count}");
         }
+        let _ = writeln!(
+            m,
+            "# HELP chatixia_pairing_entries Pairing entries, by status.\n# TYPE chatixia_pairing_entries gauge"
+        );
+        for status in Status::ALL {
+            let _ = writeln!(
+                m,
+                "chatixia_pairing_entries{{status=\"{}\"}} {}",
+                status.as_str(),
+                self.pairing.count(status)
+            );
+        }
+        let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
+            let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        gauge(
+            "chatixia_pairing_codes_live",
+            "Pairing codes that can still be redeemed.",
+            "gauge",
+            self.pairing.live_codes(now.wall) as u64,
+        );
+        gauge("chatixia_pairings_total", "Codes redeemed.", "counter", self.counters.pairings);
+        gauge(
+            "chatixia_pairings_refused_total",
+            "Pairing attempts with an invalid or expired code.",
+            "counter",
+            self.counters.pairings_refused,
+        );
+        gauge(
+            "chatixia_pairings_rate_limited_total",
+            "Pairing attempts refused by the rate limits.",
+            "counter",
+            self.counters.pairings_rate_limited,
+        );
         m
+    }
+}
+
+/// The key of the pairing limit: the address, or for IPv6 its /64, since
+/// one host commonly holds a whole /64.
+fn rate_limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
     }
 }
 
@@ -430,7 +702,22 @@ mod tests {
 
     fn registry(config: ApiConfig) -> Registry {
         let keys = KeyStore::parse(KEYS).unwrap();
-        Registry::new(config, keys, TokenIssuer::new(b"unit-test-secret").unwrap(), 1, now())
+        Registry::new(config, keys, TokenIssuer::new(b"unit-test-secret").unwrap(), 1, counter_rng(), now())
+    }
+
+    /// A deterministic random source: splitmix64 over a counter.
+    fn counter_rng() -> RandomSource {
+        let mut n = 0u64;
+        Box::new(move |buf: &mut [u8]| {
+            for b in buf.iter_mut() {
+                n += 1;
+                let mut z = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                *b = (z ^ (z >> 31)) as u8;
+            }
+            Ok(())
+        })
     }
 
     fn req<'a>(method: &'a str, path: &'a str) -> ApiRequest<'a> {
@@ -558,12 +845,334 @@ mod tests {
         let t = now();
         let authz_keys = r.keys.clone();
         let id = Identity { peer_id: "alpha".into(), role: "agent".into() };
-        r.hub.handle_connect(7, &id, &Authorization { keys: &authz_keys }, t.mono);
+        let pairing = PairingStore::default();
+        r.hub.handle_connect(7, &id, &Authorization { keys: &authz_keys, pairing: &pairing }, t.mono);
         r.replace_keys(KeyStore::parse(r#"{"keys":{}}"#).unwrap());
         assert_eq!(
             r.hub.poll_output(),
             Some(crate::hub::HubOutput::Close { conn: 7, code: 4003, reason: "not authorized" })
         );
+    }
+
+    fn post_json<'a>(path: &'a str, body: &'a str) -> ApiRequest<'a> {
+        ApiRequest { body: body.as_bytes(), ..req("POST", path) }
+    }
+
+    fn admin<'a>(method: &'a str, path: &'a str) -> ApiRequest<'a> {
+        ApiRequest { api_key: Some("k-admin"), ..req(method, path) }
+    }
+
+    /// Generates a code with the agent key and redeems it; returns the answer.
+    fn pair_device(r: &mut Registry, name: &str, t: Now) -> Value {
+        let code =
+            r.handle_http(&ApiRequest { api_key: Some("k-agent"), ..req("POST", "/api/pairing/generate-code") }, t);
+        assert_eq!(code.status, 200, "{:?}", String::from_utf8_lossy(&code.body));
+        let code = body(&code)["code"].as_str().unwrap().to_owned();
+        let pair_body = json!({"code": code, "agent_name": name}).to_string();
+        let resp = r.handle_http(&post_json("/api/pairing/pair", &pair_body), t);
+        assert_eq!(resp.status, 200, "{:?}", String::from_utf8_lossy(&resp.body));
+        body(&resp)
+    }
+
+    fn device_token_exchange(r: &mut Registry, token: &str, t: Now) -> ApiResponse {
+        r.handle_http(&ApiRequest { device_token: Some(token), ..req("POST", "/api/token") }, t)
+    }
+
+    fn outputs(r: &mut Registry) -> Vec<crate::hub::HubOutput> {
+        std::iter::from_fn(|| r.hub.poll_output()).collect()
+    }
+
+    fn sent_to(outs: &[crate::hub::HubOutput], conn: crate::hub::ConnId) -> Vec<Value> {
+        outs.iter()
+            .filter_map(|o| match o {
+                crate::hub::HubOutput::Send { conn: c, text } if *c == conn => {
+                    Some(serde_json::from_str(text).unwrap())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pairing_flow_through_tokens_and_the_hub() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let paired = pair_device(&mut r, "pi", t);
+        let fields: Vec<&String> = paired.as_object().unwrap().keys().collect();
+        assert_eq!(fields, ["device_token", "id", "peer_id", "status"]);
+        assert_eq!(paired["status"], "pending_approval");
+        let (id, peer, dt) = (
+            paired["id"].as_str().unwrap(),
+            paired["peer_id"].as_str().unwrap(),
+            paired["device_token"].as_str().unwrap(),
+        );
+
+        // Pending: a JWT with role "pending", a socket, and nobody to see.
+        let tok = device_token_exchange(&mut r, dt, t);
+        assert_eq!((body(&tok)["role"].as_str(), body(&tok)["peer_id"].as_str()), (Some("pending"), Some(peer)));
+        let pending_jwt = body(&tok)["token"].as_str().unwrap().to_owned();
+        let dev = r.authenticate_ws(&format!("token={pending_jwt}"), t).unwrap();
+        let alpha = Identity { peer_id: "alpha".into(), role: "agent".into() };
+        let Registry { hub, keys, pairing, .. } = &mut r;
+        hub.handle_connect(1, &alpha, &Authorization { keys, pairing }, t.mono);
+        hub.handle_connect(2, &dev, &Authorization { keys, pairing }, t.mono);
+        let register = json!({"type": "register", "peer_id": peer}).to_string();
+        hub.handle_frame(2, &register, &Authorization { keys, pairing }, t.mono, 0);
+        let outs = outputs(&mut r);
+        assert_eq!(sent_to(&outs, 2)[0]["payload"]["peers"], json!([]));
+
+        // Approval: a fresh peer_list on the open socket.
+        let resp = r.handle_http(&admin("POST", &format!("/api/pairing/{id}/approve")), t);
+        assert_eq!(body(&resp), json!({"id": id, "status": "approved", "peer_id": peer}));
+        let outs = outputs(&mut r);
+        assert_eq!(sent_to(&outs, 2).len(), 1, "{outs:?}");
+        assert_eq!(sent_to(&outs, 2)[0]["type"], "peer_list");
+        assert_eq!(sent_to(&outs, 2)[0]["payload"]["peers"], json!(["alpha"]));
+        assert!(r.authz().is_authorized(peer));
+        let tok = device_token_exchange(&mut r, dt, t);
+        assert_eq!(body(&tok)["role"], "agent");
+        let agent_jwt = body(&tok)["token"].as_str().unwrap().to_owned();
+
+        // Revocation: closed with 4003, alpha told, token and socket refused.
+        let resp = r.handle_http(&admin("POST", &format!("/api/pairing/{id}/revoke")), t);
+        assert_eq!((resp.status, body(&resp)), (200, json!({"status": "ok"})));
+        let outs = outputs(&mut r);
+        assert!(outs.contains(&crate::hub::HubOutput::Close { conn: 2, code: 4003, reason: "not authorized" }));
+        assert_eq!(
+            sent_to(&outs, 1),
+            [json!({"type": "peer_left", "peer_id": "registry", "payload": {"peer_id": peer}})]
+        );
+        let tok = device_token_exchange(&mut r, dt, t);
+        assert_eq!((tok.status, tok.body.len()), (401, 0));
+        for jwt in [&agent_jwt, &pending_jwt] {
+            assert_eq!(r.authenticate_ws(&format!("token={jwt}"), t).unwrap_err().status, 401);
+        }
+        assert!(!r.authz().is_authorized(peer));
+        let again = r.handle_http(&admin("POST", &format!("/api/pairing/{id}/revoke")), t);
+        assert_eq!((again.status, body(&again)), (404, json!({"error": "not found or not approved"})));
+    }
+
+    #[test]
+    fn rejection_closes_the_pending_socket_and_is_final() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let paired = pair_device(&mut r, "pi", t);
+        let (id, peer) = (paired["id"].as_str().unwrap(), paired["peer_id"].as_str().unwrap());
+        let dev = Identity { peer_id: peer.into(), role: "pending".into() };
+        let Registry { hub, keys, pairing, .. } = &mut r;
+        hub.handle_connect(2, &dev, &Authorization { keys, pairing }, t.mono);
+        let resp = r.handle_http(&admin("POST", &format!("/api/pairing/{id}/reject")), t);
+        assert_eq!((resp.status, body(&resp)), (200, json!({"status": "ok"})));
+        assert!(outputs(&mut r).contains(&crate::hub::HubOutput::Close {
+            conn: 2,
+            code: 4003,
+            reason: "not authorized"
+        }));
+        for op in ["approve", "reject"] {
+            let resp = r.handle_http(&admin("POST", &format!("/api/pairing/{id}/{op}")), t);
+            assert_eq!((resp.status, body(&resp)), (404, json!({"error": "not found or not pending"})), "{op}");
+        }
+        let resp = r.handle_http(&admin("POST", "/api/pairing/nope/approve"), t);
+        assert_eq!((resp.status, body(&resp)), (404, json!({"error": "not found or not pending"})));
+        let dt = paired["device_token"].as_str().unwrap();
+        assert_eq!(device_token_exchange(&mut r, dt, t).status, 401);
+    }
+
+    #[test]
+    fn an_api_key_wins_over_a_device_token() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let paired = pair_device(&mut r, "pi", t);
+        let dt = paired["device_token"].as_str().unwrap();
+        let both = ApiRequest { api_key: Some("k-agent"), device_token: Some(dt), ..req("POST", "/api/token") };
+        assert_eq!(body(&r.handle_http(&both, t))["peer_id"], "alpha");
+        // A wrong key falls back to the device token, as in the original.
+        let wrong = ApiRequest { api_key: Some("nope"), device_token: Some(dt), ..req("POST", "/api/token") };
+        assert_eq!(body(&r.handle_http(&wrong, t))["peer_id"], paired["peer_id"]);
+    }
+
+    #[test]
+    fn pair_errors_have_the_compatible_bodies() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let cases: [(&str, u16, Value); 6] = [
+            (r#"{"code":"12345","agent_name":"x"}"#, 400, json!({"error": "code must be exactly 6 digits"})),
+            (r#"{"agent_name":"x"}"#, 400, json!({"error": "code must be exactly 6 digits"})),
+            (r#"{"code":"123456","agent_name":"  "}"#, 400, json!({"error": "agent_name is required"})),
+            (r#"{"code":"123456"}"#, 400, json!({"error": "agent_name is required"})),
+            (r#"{"code":"123456","agent_name":"x"}"#, 401, json!({"error": "invalid or expired pairing code"})),
+            (
+                r#"{"code":"123456","agent_name":"x"}"#,
+                429,
+                json!({"error": "too many pairing attempts, try again later"}),
+            ),
+        ];
+        for (pair_body, status, want) in cases {
+            let resp = r.handle_http(&post_json("/api/pairing/pair", pair_body), t);
+            assert_eq!((resp.status, body(&resp)), (status, want), "{pair_body}");
+        }
+        assert_eq!(r.counters.pairings_rate_limited, 1);
+    }
+
+    #[test]
+    fn pairing_is_limited_per_address_and_v6_per_slash_64() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let attempt = |r: &mut Registry, ip: &str, at: Now| {
+            let client = Some(ip.parse().unwrap());
+            let bad = ApiRequest { client, body: b"not json", ..req("POST", "/api/pairing/pair") };
+            r.handle_http(&bad, at).status
+        };
+        let statuses: Vec<u16> = (0..6).map(|_| attempt(&mut r, "10.0.0.1", t)).collect();
+        assert_eq!(statuses, [400, 400, 400, 400, 400, 429], "every attempt counts, even a malformed one");
+        assert_eq!(attempt(&mut r, "10.0.0.2", t), 400);
+        let later = Now { mono: t.mono + Duration::from_secs(12), ..t };
+        assert_eq!(attempt(&mut r, "10.0.0.1", later), 400, "one attempt back after 12 s");
+        for i in 0..5 {
+            assert_eq!(attempt(&mut r, &format!("2001:db8::{i}"), t), 400);
+        }
+        assert_eq!(attempt(&mut r, "2001:db8::ffff:1", t), 429, "same /64");
+        assert_eq!(attempt(&mut r, "2001:db8:0:1::1", t), 400, "another /64");
+        assert_eq!(rate_limit_key("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn code_checks_are_limited_across_all_addresses() {
+        let config =
+            ApiConfig { pair_global_rate: Rate::per_window(3, Duration::from_secs(60)), ..ApiConfig::default() };
+        let mut r = registry(config);
+        let t = now();
+        let statuses: Vec<u16> = (0..5u8)
+            .map(|i| {
+                let client = Some(IpAddr::V4(Ipv4Addr::new(10, 1, 0, i)));
+                let b = br#"{"code":"000000","agent_name":"x"}"#;
+                r.handle_http(&ApiRequest { client, body: b, ..req("POST", "/api/pairing/pair") }, t).status
+            })
+            .collect();
+        assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    }
+
+    #[test]
+    fn generate_code_needs_any_api_key_or_an_admin_jwt() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let admin_jwt = format!("Bearer {}", r.tokens.mint("ops", "admin", t.unix_secs()));
+        let agent_jwt = format!("Bearer {}", r.tokens.mint("alpha", "agent", t.unix_secs()));
+        let pending_jwt = format!("Bearer {}", r.tokens.mint("agent-000000", "pending", t.unix_secs()));
+        let cases: [(Option<&str>, Option<&str>, u16); 8] = [
+            (None, None, 401),
+            (Some("nope"), None, 401),
+            (Some("nope"), Some(&admin_jwt), 401),
+            (None, Some("Bearer garbage"), 401),
+            (None, Some(&agent_jwt), 403),
+            (None, Some(&pending_jwt), 403),
+            (Some("k-agent"), None, 200),
+            (None, Some(&admin_jwt), 200),
+        ];
+        for (api_key, authorization, status) in cases {
+            let before = r.pairing.live_codes(t.wall);
+            let resp =
+                r.handle_http(&ApiRequest { api_key, authorization, ..req("POST", "/api/pairing/generate-code") }, t);
+            assert_eq!(resp.status, status, "{api_key:?} {authorization:?}");
+            let made = r.pairing.live_codes(t.wall) - before;
+            assert_eq!(made, usize::from(status == 200), "{api_key:?} {authorization:?}");
+            if status == 200 {
+                let v = body(&resp);
+                assert_eq!(v["expires_in"], 300);
+                assert!(v["code"].as_str().unwrap().bytes().all(|b| b.is_ascii_digit()));
+            }
+        }
+    }
+
+    #[test]
+    fn every_pairing_admin_route_is_guarded_and_the_handler_does_not_run() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let pending = pair_device(&mut r, "p", t)["id"].as_str().unwrap().to_owned();
+        let approved = pair_device(&mut r, "a", t)["id"].as_str().unwrap().to_owned();
+        r.handle_http(&admin("POST", &format!("/api/pairing/{approved}/approve")), t);
+        let agent_jwt = format!("Bearer {}", r.tokens.mint("alpha", "agent", t.unix_secs()));
+        let routes = [
+            ("GET", "/api/pairing/pending".to_owned()),
+            ("GET", "/api/pairing/all".to_owned()),
+            ("POST", format!("/api/pairing/{pending}/approve")),
+            ("POST", format!("/api/pairing/{pending}/reject")),
+            ("POST", format!("/api/pairing/{approved}/revoke")),
+            ("DELETE", "/api/registry/agents/a".to_owned()),
+        ];
+        let creds: [(Option<&str>, Option<&str>, u16); 3] =
+            [(None, None, 401), (Some("k-agent"), None, 403), (None, Some(&agent_jwt), 403)];
+        let before = r.pairing.snapshot();
+        for (method, path) in &routes {
+            for (api_key, authorization, status) in creds {
+                let resp = r.handle_http(&ApiRequest { api_key, authorization, ..req(method, path) }, t);
+                assert_eq!(resp.status, status, "{method} {path} {api_key:?}");
+                assert!(body(&resp)["error"].is_string());
+            }
+        }
+        assert_eq!(r.pairing.snapshot(), before, "no handler ran");
+        // With the admin key they run (the reject finds the entry approved).
+        let statuses: Vec<u16> = routes.iter().map(|(m, p)| r.handle_http(&admin(m, p), t).status).collect();
+        assert_eq!(statuses, [200, 200, 200, 404, 200, 200]);
+    }
+
+    #[test]
+    fn admin_route_table_covers_every_pairing_admin_path() {
+        let seg = |p: &'static str| -> Vec<&'static str> { p.trim_matches('/').split('/').collect() };
+        for (method, path) in [
+            ("GET", "/api/pairing/pending"),
+            ("GET", "/api/pairing/all"),
+            ("POST", "/api/pairing/x/approve"),
+            ("POST", "/api/pairing/x/reject"),
+            ("POST", "/api/pairing/x/revoke"),
+            ("DELETE", "/api/registry/agents/x"),
+            // Wrong methods on admin paths still need the credential first.
+            ("POST", "/api/pairing/pending"),
+            ("GET", "/api/pairing/x/approve"),
+        ] {
+            assert!(is_admin_route(method, &seg(path)), "{method} {path}");
+        }
+        for (method, path) in [
+            ("POST", "/api/pairing/generate-code"),
+            ("POST", "/api/pairing/pair"),
+            ("POST", "/api/token"),
+            ("GET", "/api/registry/agents/x"),
+        ] {
+            assert!(!is_admin_route(method, &seg(path)), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn revisions_report_which_files_changed() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        let saved = r.revisions();
+        r.handle_http(&req("GET", "/api/pairing/all"), t);
+        r.handle_http(&req("GET", "/healthz"), t);
+        assert_eq!(r.revisions(), saved);
+        pair_device(&mut r, "pi", t);
+        let files: Vec<&str> = r.changed_since(saved).iter().map(|d| d.file()).collect();
+        assert_eq!(files, ["pairing.json"]);
+        let saved = r.revisions();
+        r.handle_http(&post_json("/api/hub/tasks", r#"{"skill":"s"}"#), t);
+        let files: Vec<&str> = r.changed_since(saved).iter().map(|d| d.file()).collect();
+        assert_eq!(files, ["tasks.json"]);
+    }
+
+    #[test]
+    fn metrics_count_pairing() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        pair_device(&mut r, "pi", t);
+        let text = String::from_utf8(r.handle_http(&req("GET", "/metrics"), t).body).unwrap();
+        for line in [
+            "chatixia_pairing_entries{status=\"pending_approval\"} 1",
+            "chatixia_pairing_entries{status=\"approved\"} 0",
+            "chatixia_pairing_codes_live 0",
+            "chatixia_pairings_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
 
     #[test]

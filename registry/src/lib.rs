@@ -6,6 +6,8 @@ pub mod api;
 pub mod hub;
 pub mod ice;
 pub mod keys;
+pub mod pairing;
+pub mod persist;
 pub mod ratelimit;
 pub mod shell;
 pub mod state;

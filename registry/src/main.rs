@@ -1,7 +1,11 @@
-//! `chatixia-registry`: settings, logging and state, then the smol shell.
+//! `chatixia-registry`: settings, logging and state, then the smol shell;
+//! or, as `chatixia-registry admin …`, a client of a running registry.
 
-use chatixia_registry::api::{ApiConfig, Registry};
+mod admin;
+
+use chatixia_registry::api::{ApiConfig, Now, Registry};
 use chatixia_registry::hub::HubConfig;
+use chatixia_registry::persist::{self, PAIRING_FILE, TASKS_FILE};
 use chatixia_registry::ratelimit::Rate;
 use chatixia_registry::shell::{self, ShellConfig};
 use chatixia_registry::state::StateDir;
@@ -28,9 +32,13 @@ const SETTINGS: &[Setting] = &[
     Setting::switch("CHATIXIA_DEV", "accept the original's development key ak_dev_001").with_flag("--dev"),
 ];
 
-const ABOUT: &str = "rendezvous server of chatixia-mesh edge: tokens, signaling relay, REST API";
+const ABOUT: &str = "rendezvous server of chatixia-mesh edge: tokens, pairing, signaling relay, REST API \
+                     (`chatixia-registry admin --help`: manage a running one)";
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("admin") {
+        return admin::main();
+    }
     let settings = match chatixia_settings::from_process("chatixia-registry", ABOUT, SETTINGS) {
         Ok(s) => s,
         Err(ParseError::Help(text)) => {
@@ -102,7 +110,10 @@ fn start(settings: &Settings) -> Result<(), String> {
     };
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).map_err(|e| e.to_string())?;
-    let registry = Registry::new(config, keys, tokens, u64::from_le_bytes(seed), shell::now());
+    let rng = Box::new(|buf: &mut [u8]| getrandom::fill(buf).map_err(|e| e.to_string()));
+    let now = shell::now();
+    let mut registry = Registry::new(config, keys, tokens, u64::from_le_bytes(seed), rng, now);
+    load_state(&state, &mut registry, now)?;
     shell::run(
         registry,
         ShellConfig {
@@ -112,6 +123,34 @@ fn start(settings: &Settings) -> Result<(), String> {
             max_connections: settings.parse("MAX_CONNECTIONS")?.unwrap_or(4096),
             ws_send_queue: settings.parse::<usize>("WS_SEND_QUEUE")?.unwrap_or(256).max(1),
             ws_hard_cap: 2 * 1024 * 1024,
+            state_dir: state,
         },
     )
+}
+
+/// Reads back what earlier runs saved. A file that cannot be read or
+/// understood stops the start: starting empty would lose it at the next
+/// save, and guessing would be worse.
+fn load_state(state: &StateDir, registry: &mut Registry, now: Now) -> Result<(), String> {
+    let refuse = |file: &str, what: &str, e: String| {
+        format!(
+            "{}: {e}. Refusing to start; the file was left as it is. Repair it, or move it away to start \
+             without the {what} it holds",
+            state.file(file).display()
+        )
+    };
+    if let Some(bytes) = state.read(PAIRING_FILE)? {
+        let snapshot = persist::decode_pairing(&bytes).map_err(|e| refuse(PAIRING_FILE, "paired devices", e))?;
+        registry.restore_pairing(snapshot, now).map_err(|e| refuse(PAIRING_FILE, "paired devices", e))?;
+        log::info!("restored {} pairing entries from {}", registry.pairing.len(), state.file(PAIRING_FILE).display());
+    }
+    if let Some(bytes) = state.read(TASKS_FILE)? {
+        let tasks = persist::decode_tasks(&bytes).map_err(|e| refuse(TASKS_FILE, "tasks", e))?;
+        let dropped = registry.restore_tasks(tasks, now);
+        log::info!("restored {} tasks from {}", registry.tasks.len(), state.file(TASKS_FILE).display());
+        if dropped > 0 {
+            log::warn!("dropped the {dropped} newest unfinished tasks: more than the limit of open tasks");
+        }
+    }
+    Ok(())
 }

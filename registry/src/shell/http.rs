@@ -67,8 +67,25 @@ async fn handle(
         client: Some(peer.ip()),
         body: &body,
     };
-    let resp = shared.registry.borrow_mut().handle_http(&api_req, now());
+    let (mut resp, changed) = {
+        let mut registry = shared.registry.borrow_mut();
+        let before = registry.revisions();
+        let resp = registry.handle_http(&api_req, now());
+        (resp, registry.revisions() != before)
+    };
+    // Effects on sockets (a revocation closing them) go out at once; the
+    // answer only once the change is on disk, so that an acknowledged
+    // change survives a crash.
     shared.dispatch();
+    if changed && let Err(e) = shared.persister.save(&shared.registry).await {
+        log::error!("{} {}: the change was made but could not be saved: {e}", api_req.method, api_req.path);
+        let headers = std::mem::take(&mut resp.headers);
+        resp = ApiResponse::json(
+            500,
+            &serde_json::json!({"error": "the change could not be saved; see the registry log"}),
+        );
+        resp.headers = headers;
+    }
     to_hyper(resp)
 }
 

@@ -3,12 +3,14 @@
 //! shared as `Rc<RefCell<_>>` and never borrowed across an `.await`.
 
 mod http;
+mod persist;
 mod rewind;
 mod ws;
 
 use crate::api::{Now, Registry};
 use crate::hub::{ConnId, HubOutput};
 use crate::keys::KeyStore;
+use crate::state::StateDir;
 use async_tungstenite::tungstenite::Message;
 use smol::{Async, LocalExecutor, Timer};
 use std::cell::{Cell, RefCell};
@@ -29,6 +31,8 @@ pub struct ShellConfig {
     pub ws_send_queue: usize,
     /// Frames above this are not even buffered: the socket is closed (1009).
     pub ws_hard_cap: usize,
+    /// Where changes are saved before they are acknowledged.
+    pub state_dir: StateDir,
 }
 
 /// A WebSocket's outgoing side, as the dispatcher sees it.
@@ -56,6 +60,7 @@ impl ConnHandle {
 
 struct Shared {
     registry: RefCell<Registry>,
+    persister: persist::Persister,
     conns: RefCell<HashMap<ConnId, ConnHandle>>,
     next_conn: Cell<ConnId>,
     open_sockets: Cell<usize>,
@@ -128,6 +133,7 @@ pub fn run(registry: Registry, config: ShellConfig) -> Result<(), String> {
     let listener = Async::new(listener).map_err(|e| e.to_string())?;
     let local = listener.get_ref().local_addr().map_err(|e| e.to_string())?;
     let shared = Rc::new(Shared {
+        persister: persist::Persister::new(config.state_dir.clone(), registry.revisions()),
         registry: RefCell::new(registry),
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(1),

@@ -52,7 +52,7 @@ where
     {
         let mut registry = shared.registry.borrow_mut();
         let registry = &mut *registry;
-        let authz = crate::api::Authorization { keys: &registry.keys };
+        let authz = crate::api::Authorization { keys: &registry.keys, pairing: &registry.pairing };
         registry.hub.handle_connect(conn, &identity, &authz, now().mono);
     }
     shared.dispatch();
@@ -67,7 +67,7 @@ where
                 Ok(Message::Text(text)) => {
                     let mut registry = shared.registry.borrow_mut();
                     let registry = &mut *registry;
-                    let authz = crate::api::Authorization { keys: &registry.keys };
+                    let authz = crate::api::Authorization { keys: &registry.keys, pairing: &registry.pairing };
                     registry.hub.handle_frame(conn, text.as_str(), &authz, t.mono, t.unix_ms());
                 }
                 Ok(Message::Binary(_)) => shared.registry.borrow_mut().hub.handle_binary(conn, t.mono),
@@ -134,7 +134,7 @@ where
     {
         let mut registry = shared.registry.borrow_mut();
         let registry = &mut *registry;
-        let authz = crate::api::Authorization { keys: &registry.keys };
+        let authz = crate::api::Authorization { keys: &registry.keys, pairing: &registry.pairing };
         registry.hub.handle_disconnect(conn, &authz);
     }
     shared.dispatch();
