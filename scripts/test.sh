@@ -23,3 +23,5 @@ echo "== build binaries for the end-to-end tests"
 cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== systemd units"
+systemd/verify.sh target/debug
