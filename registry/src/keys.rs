@@ -9,7 +9,7 @@ use chatixia_protocol::claims::{ROLE_ADMIN, ROLE_AGENT};
 use ct_codecs::Decoder as _;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The original's development key, only with `--dev`.
 pub const DEV_KEY: &str = "ak_dev_001";
@@ -29,6 +29,9 @@ fn default_role() -> String {
 #[derive(Debug, Clone, Default)]
 pub struct KeyStore {
     by_digest: HashMap<[u8; 32], KeyEntry>,
+    /// The peer_ids of all entries: authorization asks for every peer of
+    /// every `peer_list` and twice per relayed frame, so no scan.
+    peers: HashSet<String>,
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
@@ -41,7 +44,12 @@ impl KeyStore {
         store
             .by_digest
             .insert(sha256(DEV_KEY.as_bytes()), KeyEntry { peer_id: DEV_PEER_ID.into(), role: ROLE_AGENT.into() });
+        store.index_peers();
         store
+    }
+
+    fn index_peers(&mut self) {
+        self.peers = self.by_digest.values().map(|e| e.peer_id.clone()).collect();
     }
 
     /// Parses the file's text; both `{"keys": {...}}` and the bare map.
@@ -82,12 +90,14 @@ impl KeyStore {
             };
             store.by_digest.insert(digest, entry);
         }
+        store.index_peers();
         Ok(store)
     }
 
     /// Adds `other`'s keys; on a clash, `other` wins.
     pub fn merge(&mut self, other: KeyStore) {
         self.by_digest.extend(other.by_digest);
+        self.index_peers();
     }
 
     pub fn lookup(&self, presented: &str) -> Option<&KeyEntry> {
@@ -95,7 +105,7 @@ impl KeyStore {
     }
 
     pub fn has_peer(&self, peer_id: &str) -> bool {
-        self.by_digest.values().any(|e| e.peer_id == peer_id)
+        self.peers.contains(peer_id)
     }
 
     pub fn len(&self) -> usize {
@@ -176,6 +186,15 @@ mod tests {
     fn errors_never_contain_the_key() {
         let err = KeyStore::parse(r#"{"keys":{"supersecretkey":{"peer_id":""}}}"#).unwrap_err();
         assert!(!err.contains("supersecretkey"), "{err}");
+    }
+
+    #[test]
+    fn merge_reindexes_peers() {
+        let mut s = KeyStore::parse(r#"{"ak_dev_001":{"peer_id":"old"},"k2":{"peer_id":"two"}}"#).unwrap();
+        assert!(s.has_peer("old"));
+        s.merge(KeyStore::dev());
+        assert!(!s.has_peer("old"), "the dev key now maps to agent-001");
+        assert!(s.has_peer(DEV_PEER_ID) && s.has_peer("two"));
     }
 
     #[test]

@@ -1,0 +1,25 @@
+#!/bin/sh
+# Measures the SPEC §7 footprint and speed budgets of the release binaries
+# on 127.0.0.1 and prints each figure next to its budget. Not a test: run it
+# on an otherwise quiet machine.
+#
+#   bench/run.sh [SECTION] [OPTIONS]    SECTION: registry (default) or all
+#   bench/run.sh --help
+#
+# Builds the release binaries the section starts, then the bench itself
+# (tests/src/bin/bench, crate chatixia-e2e), which finds them next to its own
+# executable in target/release/ (or in $CHATIXIA_BIN_DIR).
+# Exit status: 0 within budget, 1 a figure over budget, 2 a failed run.
+set -eu
+cd "$(dirname "$0")/.."
+
+section=${1:-registry}
+case "$section" in
+    registry) packages="-p chatixia-registry" ;;
+    # Sections added later (sidecar) start more binaries: build them all.
+    *) packages="--workspace" ;;
+esac
+# shellcheck disable=SC2086 # $packages is a list of arguments
+cargo build --release --bins $packages
+if [ $# -eq 0 ]; then set -- "$section"; fi
+exec cargo run --release -p chatixia-e2e --bin bench -- "$@"
