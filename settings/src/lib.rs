@@ -3,6 +3,9 @@
 //! environment over `.env`, and `.env` over the built-in default.
 //!
 //! Kept dependency-free and tiny: the sidecar's binary budget is 4 MiB.
+//! [`systemd`] is the other piece of process glue both daemons share.
+
+pub mod systemd;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -12,6 +12,7 @@ use crate::hub::{ConnId, HubOutput};
 use crate::keys::KeyStore;
 use crate::state::StateDir;
 use async_tungstenite::tungstenite::Message;
+use chatixia_settings::systemd::{Notifier, watchdog_interval};
 use smol::{Async, LocalExecutor, Timer};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -147,8 +148,11 @@ pub fn run(registry: Registry, config: ShellConfig) -> Result<(), String> {
     log::info!("listening on http://{local} (WebSocket at ws://{local}/ws)");
     smol::block_on(ex.run(async {
         ex.spawn(accept_loop(ex.clone(), shared.clone(), listener)).detach();
-        ex.spawn(tick_loop(shared.clone())).detach();
+        let notifier = Notifier::from_env();
+        notifier.ready();
+        ex.spawn(tick_loop(shared.clone(), notifier)).detach();
         wait_for_shutdown(&shared, signals).await;
+        Notifier::from_env().stopping();
         shutdown(&shared).await;
     }));
     log::info!("stopped");
@@ -192,13 +196,22 @@ impl Drop for SocketGuard {
     }
 }
 
-async fn tick_loop(shared: Rc<Shared>) {
+/// Drives the hub's pings and idle timeouts, and tells systemd the event
+/// loop is alive: the watchdog is petted from here, so a stuck loop gets the
+/// service restarted.
+async fn tick_loop(shared: Rc<Shared>, mut notifier: Notifier) {
+    let every = watchdog_interval().map_or(TICK, |w| w.min(TICK));
     loop {
-        Timer::after(Duration::from_secs(5)).await;
+        Timer::after(every).await;
         shared.registry.borrow_mut().hub.handle_tick(Instant::now());
         shared.dispatch();
+        notifier.watchdog();
+        let connections = shared.registry.borrow().hub.connection_count();
+        notifier.status(format!("{connections} signaling connections"));
     }
 }
+
+const TICK: Duration = Duration::from_secs(5);
 
 async fn wait_for_shutdown(shared: &Shared, mut signals: async_signal::Signals) {
     use futures_lite::StreamExt;
