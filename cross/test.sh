@@ -16,5 +16,5 @@ echo "== running the tests under qemu-aarch64"
 # Test binaries are run by cargo through the runner in cross_env; programs
 # they start are run through this one.
 export CHATIXIA_BIN_RUNNER="qemu-aarch64-static"
-"$DEB_CARGO" test --locked --profile qemu --target "$target" --workspace
+"$DEB_CARGO" test --locked --profile qemu --target "$target" --workspace --no-fail-fast
 echo "== aarch64 suite took $(($(date +%s) - start)) s"

@@ -1,4 +1,9 @@
 //! chatixia-sidecar: sans-IO mesh core, str0m peers, IPC and signaling.
 
+pub mod http;
+pub mod ipc;
+pub mod mesh;
 pub mod net;
 pub mod peer;
+pub mod shell;
+pub mod signaling;

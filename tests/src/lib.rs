@@ -6,6 +6,7 @@
 //! command in the README does that.
 
 pub mod jwt;
+pub mod sidecar;
 pub mod ws;
 
 use std::io::{BufRead, BufReader};

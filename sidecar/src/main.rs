@@ -1,0 +1,185 @@
+//! `chatixia-sidecar`: settings and logging, then the smol shell.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chatixia_settings::{ParseError, Setting, Settings};
+use chatixia_sidecar::ipc::IpcConfig;
+use chatixia_sidecar::mesh::MeshConfig;
+use chatixia_sidecar::net::local_host_addresses;
+use chatixia_sidecar::peer::{DEFAULT_MAX_MESSAGE_BYTES, LinkConfig};
+use chatixia_sidecar::shell::{self, NodeConfig};
+use chatixia_sidecar::signaling::{Credential, SignalingConfig};
+
+const SETTINGS: &[Setting] = &[
+    Setting::value("API_KEY", None, "API key exchanged for a signaling token"),
+    Setting::value("DEVICE_TOKEN", None, "device token of a paired device (used when API_KEY is unset)"),
+    Setting::value("TOKEN_URL", Some("http://localhost:8080/api/token"), "registry token endpoint"),
+    Setting::value("SIGNALING_URL", Some("ws://localhost:8080/ws"), "registry WebSocket"),
+    Setting::value(
+        "IPC_SOCKET",
+        None,
+        "agent socket [default: $RUNTIME_DIRECTORY/sidecar.sock or /tmp/chatixia-sidecar.sock]",
+    ),
+    Setting::value("STUN_URLS", Some("stun:stun.l.google.com:19302"), "comma-separated STUN servers"),
+    Setting::value("TURN_URL", None, "TURN server (not supported by this WebRTC stack)"),
+    Setting::value("TURN_SECRET", None, "TURN REST secret"),
+    Setting::value("TURN_USERNAME", None, "TURN username"),
+    Setting::value("TURN_PASSWORD", None, "TURN password"),
+    Setting::value("ICE_TRANSPORT_POLICY", Some("all"), "all, or relay (needs TURN)"),
+    Setting::value("ICE_HOST_ADDRESSES", None, "comma-separated local addresses for host candidates [default: all]"),
+    Setting::switch("ICE_ALLOW_LOOPBACK", "offer loopback host candidates (tests on one machine)"),
+    Setting::value("STATE_DIR", None, "state directory [default: $STATE_DIRECTORY or ./chatixia-state]"),
+    Setting::value("MAX_MESSAGE_BYTES", Some("65000"), "largest DataChannel message (at most 262144)"),
+    Setting::value("RUST_LOG", Some("info"), "log filter (error, warn, info, debug, trace; per module)"),
+    Setting::switch("CHATIXIA_DEV", "use the development key ak_dev_001 when no credential is set").with_flag("--dev"),
+];
+
+const ABOUT: &str = "per-agent daemon of chatixia-mesh edge: WebRTC DataChannel mesh bridged to a Unix socket";
+/// SPEC §5.3.
+const MESSAGE_CEILING: usize = 256 * 1024;
+
+fn main() -> ExitCode {
+    let settings = match chatixia_settings::from_process("chatixia-sidecar", ABOUT, SETTINGS) {
+        Ok(s) => s,
+        Err(ParseError::Help(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(ParseError::Invalid(msg)) => {
+            eprintln!("chatixia-sidecar: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::new()
+        .parse_filters(settings.get("RUST_LOG").unwrap_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let config = match configure(&settings) {
+        Ok(c) => c,
+        Err(msg) => {
+            log::error!("{msg}");
+            eprintln!("chatixia-sidecar: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    match shell::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            log::error!("{msg}");
+            eprintln!("chatixia-sidecar: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn list(settings: &Settings, name: &str) -> Vec<String> {
+    settings
+        .get(name)
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default()
+}
+
+fn configure(settings: &Settings) -> Result<NodeConfig, String> {
+    if let Some(extra) = settings.positional.first() {
+        return Err(format!("unexpected argument {extra:?} (see --help)"));
+    }
+    let state_dir = settings
+        .get("STATE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("chatixia-state"));
+    let credential = credential(settings, &state_dir)?;
+
+    let ipc_socket = match settings.get("IPC_SOCKET") {
+        Some(p) => PathBuf::from(p),
+        None => match std::env::var_os("RUNTIME_DIRECTORY") {
+            // systemd may list several directories separated by ':'.
+            Some(dirs) => {
+                let dirs = dirs.to_string_lossy().into_owned();
+                PathBuf::from(dirs.split(':').next().unwrap_or_default()).join("sidecar.sock")
+            }
+            None => PathBuf::from("/tmp/chatixia-sidecar.sock"),
+        },
+    };
+
+    let max_message_bytes: usize = settings.parse("MAX_MESSAGE_BYTES")?.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    if max_message_bytes == 0 || max_message_bytes > MESSAGE_CEILING {
+        return Err(format!("MAX_MESSAGE_BYTES must be between 1 and {MESSAGE_CEILING}"));
+    }
+    if max_message_bytes > 65_535 {
+        log::warn!(
+            "MAX_MESSAGE_BYTES={max_message_bytes}: messages over 65535 bytes reach only peers that advertise a \
+             larger a=max-message-size, and the original agent reads lines of at most 64 KiB"
+        );
+    }
+
+    let allow_loopback = settings.is_on("ICE_ALLOW_LOOPBACK");
+    let host_addresses = match settings.get("ICE_HOST_ADDRESSES") {
+        Some(_) => {
+            let mut addrs = Vec::new();
+            for a in list(settings, "ICE_HOST_ADDRESSES") {
+                let ip: IpAddr = a.parse().map_err(|e| format!("ICE_HOST_ADDRESSES: {a:?}: {e}"))?;
+                if ip.is_loopback() && !allow_loopback {
+                    log::warn!("ICE_HOST_ADDRESSES: skipping loopback {ip} (set ICE_ALLOW_LOOPBACK=1 to use it)");
+                } else if !addrs.contains(&ip) {
+                    addrs.push(ip);
+                }
+            }
+            addrs
+        }
+        None => local_host_addresses(allow_loopback),
+    };
+
+    if !list(settings, "STUN_URLS").is_empty() {
+        log::info!(
+            "STUN_URLS is set, but server-reflexive candidates are not gathered yet: links use host and \
+             peer-reflexive candidates, which covers LANs and one-sided NAT"
+        );
+    }
+    let relay = settings.get("ICE_TRANSPORT_POLICY").is_some_and(|p| p.eq_ignore_ascii_case("relay"));
+    if settings.get("TURN_URL").is_some() || relay {
+        log::warn!(
+            "TURN relay is not supported by the WebRTC stack (str0m has no TURN client); TURN_* settings are \
+             ignored{}",
+            if relay { " and ICE_TRANSPORT_POLICY=relay cannot be honoured: using direct candidates" } else { "" }
+        );
+    }
+
+    let link = LinkConfig { max_message_bytes, ..LinkConfig::default() };
+    Ok(NodeConfig {
+        ipc_socket,
+        host_addresses,
+        mesh: MeshConfig { link, ..MeshConfig::default() },
+        ipc: IpcConfig::default(),
+        signaling: SignalingConfig {
+            token_url: settings.get("TOKEN_URL").unwrap_or("http://localhost:8080/api/token").to_owned(),
+            signaling_url: settings.get("SIGNALING_URL").unwrap_or("ws://localhost:8080/ws").to_owned(),
+            credential,
+        },
+    })
+}
+
+/// API key first (the registry prefers it too), then a device token from the
+/// environment or the state directory, then the dev key with `--dev`.
+fn credential(settings: &Settings, state_dir: &std::path::Path) -> Result<Credential, String> {
+    if let Some(key) = settings.get("API_KEY") {
+        return Ok(Credential::ApiKey(key.to_owned()));
+    }
+    if let Some(token) = settings.get("DEVICE_TOKEN") {
+        return Ok(Credential::DeviceToken(token.to_owned()));
+    }
+    let stored = state_dir.join("device_token");
+    if let Ok(text) = std::fs::read_to_string(&stored)
+        && !text.trim().is_empty()
+    {
+        log::info!("using the device token stored in {}", stored.display());
+        return Ok(Credential::DeviceToken(text.trim().to_owned()));
+    }
+    if settings.is_on("CHATIXIA_DEV") {
+        log::warn!("--dev: using the well-known development key ak_dev_001");
+        return Ok(Credential::ApiKey("ak_dev_001".into()));
+    }
+    Err("no credential: set API_KEY or DEVICE_TOKEN (or pass --dev for the development key)".into())
+}

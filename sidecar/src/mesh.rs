@@ -1,0 +1,1635 @@
+//! The mesh core (SPEC §5, §6.1): every [`PeerLink`] of this sidecar, the
+//! signaling that sets them up, and the agents' commands. Sans-IO like
+//! [`PeerLink`]: the shell feeds signaling frames, datagrams, commands and
+//! time in (`handle_*`), drains [`Mesh::poll_output`] after every call, and
+//! wakes the core at [`Mesh::poll_timeout`].
+//!
+//! Connections are tracked per instance ([`ConnId`]). A peer has at most one
+//! *current* connection; a replaced or closed one may keep draining its
+//! goodbye for a while, but nothing it reports afterwards can touch the
+//! peer's current connection (SPEC §5.2).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use chatixia_protocol::ipc::{Command, ErrorEvent, Event, StatusEvent, error_codes};
+use chatixia_protocol::mesh::MeshMessage;
+use chatixia_protocol::signaling::{
+    Envelope, IceCandidatePayload, MeshStatusPayload, PeerLeftPayload, PeerListPayload, RegisterPayload, SdpPayload,
+    types,
+};
+use serde_json::Value;
+
+use crate::peer::{LinkConfig, LinkError, LinkOutput, PeerLink, SendError};
+
+/// Identifies one attached agent for replies to its own commands.
+pub type AgentId = u64;
+/// Identifies one connection instance to a peer.
+pub type ConnId = u64;
+
+/// Version of the `register` payload (SPEC §4.2).
+const REGISTER_VERSION: u32 = 1;
+/// What this sidecar can do beyond the original, announced in `register`.
+const FEATURES: &[&str] = &["mesh_status", "ping"];
+/// How far ahead an idle core asks to be woken.
+const IDLE_WAKEUP: Duration = Duration::from_secs(3600);
+/// Bound on connections (current and draining) so a flood of offers cannot
+/// exhaust memory; ~65 KB each (notes §3).
+const MAX_CONNECTIONS: usize = 512;
+/// Bound on peers remembered from a `peer_list`.
+const MAX_LISTED: usize = 4096;
+/// Network-provided text is cut to this length in log lines.
+const LOG_TEXT_LIMIT: usize = 120;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryState {
+    /// No signaling connection and none being attempted right now.
+    Down,
+    /// Exchanging a token or opening the WebSocket.
+    Connecting,
+    /// The WebSocket is up; frames can be sent.
+    Connected,
+}
+
+impl RegistryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistryState::Down => "down",
+            RegistryState::Connecting => "connecting",
+            RegistryState::Connected => "connected",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    pub link: LinkConfig,
+    /// `mesh_status` is re-sent this often even without a change.
+    pub status_interval: Duration,
+    /// First delay before re-offering to a peer after its link died; doubles
+    /// per failure up to `reoffer_max`, reset when a link opens.
+    pub reoffer_min: Duration,
+    pub reoffer_max: Duration,
+    /// Reported in the IPC `status` event.
+    pub version: String,
+    /// Seed of the jitter of re-offer delays; tests fix it for determinism.
+    pub seed: u64,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            link: LinkConfig::default(),
+            status_interval: Duration::from_secs(30),
+            reoffer_min: Duration::from_secs(1),
+            reoffer_max: Duration::from_secs(30),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            seed: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+}
+
+/// What the core asks of its shell. Drain until `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MeshOutput {
+    /// Send a datagram on the UDP socket.
+    Transmit { source: SocketAddr, destination: SocketAddr, contents: Vec<u8> },
+    /// Send a frame to the registry. Only produced while it is connected.
+    Signal(Envelope),
+    /// Deliver an event to one agent (`Some`: the reply to its command) or to
+    /// all of them (`None`).
+    Event { to: Option<AgentId>, event: Event },
+}
+
+struct Conn {
+    id: ConnId,
+    peer: String,
+    link: PeerLink,
+    /// Our offer is out and no answer has been applied yet.
+    awaiting_answer: bool,
+    deadline: Instant,
+    /// `peer_connected` was reported for this instance.
+    opened: bool,
+    /// `peer_disconnected` was reported, or never will be (closed before it
+    /// opened, replaced). Guards the "exactly once".
+    reported_end: bool,
+}
+
+#[derive(Default)]
+struct PeerState {
+    current: Option<ConnId>,
+    /// When to ask the registry for the list again to re-offer after a dead
+    /// link (SPEC §5.2).
+    recheck_at: Option<Instant>,
+    /// Next re-offer delay before jitter.
+    backoff: Option<Duration>,
+}
+
+pub struct Mesh {
+    config: MeshConfig,
+    peer_id: Option<String>,
+    registry: RegistryState,
+    local_candidates: Vec<SocketAddr>,
+    conns: Vec<Conn>,
+    peers: BTreeMap<String, PeerState>,
+    /// The peers of the last `peer_list`.
+    listed: BTreeSet<String>,
+    /// `connect` commands waiting for the next `peer_list`.
+    pending_connects: Vec<(AgentId, String)>,
+    next_conn: ConnId,
+    status_at: Instant,
+    last_status: Option<Vec<String>>,
+    outputs: VecDeque<MeshOutput>,
+    rng: u64,
+    last_now: Instant,
+    shutting_down: bool,
+}
+
+impl Mesh {
+    pub fn new(config: MeshConfig, now: Instant) -> Mesh {
+        let rng = config.seed | 1;
+        Mesh {
+            status_at: now + config.status_interval,
+            config,
+            peer_id: None,
+            registry: RegistryState::Down,
+            local_candidates: Vec::new(),
+            conns: Vec::new(),
+            peers: BTreeMap::new(),
+            listed: BTreeSet::new(),
+            pending_connects: Vec::new(),
+            next_conn: 1,
+            last_status: None,
+            outputs: VecDeque::new(),
+            rng,
+            last_now: now,
+            shutting_down: false,
+        }
+    }
+
+    /// Host candidates (local socket addresses) put into every SDP and
+    /// trickled. Links made earlier keep theirs.
+    pub fn set_local_candidates(&mut self, addrs: Vec<SocketAddr>) {
+        self.local_candidates = addrs;
+    }
+
+    /// Our peer_id, once the registry told us who we are.
+    pub fn peer_id(&self) -> Option<&str> {
+        self.peer_id.as_deref()
+    }
+
+    pub fn registry_state(&self) -> RegistryState {
+        self.registry
+    }
+
+    /// Peers with an open DataChannel, sorted.
+    pub fn open_peers(&self) -> Vec<String> {
+        let mut peers: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, st)| st.current.and_then(|id| self.conn(id)).is_some_and(|c| c.opened && c.link.is_open()))
+            .map(|(p, _)| p.clone())
+            .collect();
+        peers.sort();
+        peers
+    }
+
+    /// How many peers [`Mesh::open_peers`] would list, without allocating.
+    pub fn open_peer_count(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|st| st.current.and_then(|id| self.conn(id)).is_some_and(|c| c.opened && c.link.is_open()))
+            .count()
+    }
+
+    /// Connections still being serviced, draining ones included.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<MeshOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Mesh::handle_timeout`] is due next (earlier is harmless).
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.last_now + IDLE_WAKEUP;
+        for c in &self.conns {
+            t = t.min(c.deadline);
+        }
+        for st in self.peers.values() {
+            if let Some(at) = st.recheck_at {
+                t = t.min(at);
+            }
+        }
+        if self.registry == RegistryState::Connected {
+            t = t.min(self.status_at);
+        }
+        t
+    }
+
+    /// The signaling client is (re)trying to reach the registry.
+    pub fn handle_registry_connecting(&mut self) {
+        self.registry = RegistryState::Connecting;
+    }
+
+    /// The signaling connection is gone. Links are not touched: established
+    /// DataChannels keep working without the registry (SPEC §5.2).
+    pub fn handle_registry_down(&mut self) {
+        if self.registry == RegistryState::Connected {
+            log::info!("registry connection lost; {} open links keep running", self.open_peers().len());
+        }
+        self.registry = RegistryState::Down;
+    }
+
+    /// The signaling WebSocket is up and `peer_id` is our identity. Sends
+    /// `register`; its `peer_list` answer makes us offer to every listed
+    /// peer without a live link, so live links are never re-offered.
+    pub fn handle_registry_connected(&mut self, peer_id: &str, now: Instant) {
+        self.touch(now);
+        if let Some(old) = self.peer_id.as_deref()
+            && old != peer_id
+        {
+            log::warn!("our identity changed from {old:?} to {peer_id:?}; closing every link");
+            let ids: Vec<ConnId> = self.conns.iter().map(|c| c.id).collect();
+            for id in ids {
+                self.retire(id, now);
+            }
+            self.peers.clear();
+            self.listed.clear();
+        }
+        self.peer_id = Some(peer_id.to_owned());
+        self.registry = RegistryState::Connected;
+        for st in self.peers.values_mut() {
+            st.recheck_at = None;
+        }
+        self.send_register();
+        self.last_status = None;
+        self.maybe_send_status(now);
+    }
+
+    /// One text frame from the registry.
+    pub fn handle_signal(&mut self, text: &str, now: Instant) {
+        self.touch(now);
+        let env: Envelope = match serde_json::from_str(text) {
+            Ok(env) => env,
+            Err(e) => {
+                log::warn!("ignoring a signaling frame that is not an envelope: {e}");
+                return;
+            }
+        };
+        let Some(me) = self.peer_id.clone() else {
+            log::debug!("ignoring {:?} frame before we know our identity", clip(&env.kind));
+            return;
+        };
+        if let Some(target) = env.target_id.as_deref()
+            && target != me
+        {
+            log::debug!("ignoring {:?} frame for {:?}", clip(&env.kind), clip(target));
+            return;
+        }
+        match env.kind.as_str() {
+            types::PEER_LIST => match serde_json::from_value::<PeerListPayload>(env.payload) {
+                Ok(list) => self.on_peer_list(list.peers, now),
+                Err(e) => log::warn!("ignoring malformed peer_list: {e}"),
+            },
+            types::PEER_LEFT => match serde_json::from_value::<PeerLeftPayload>(env.payload) {
+                Ok(left) => self.on_peer_left(&left.peer_id, now),
+                Err(e) => log::warn!("ignoring malformed peer_left: {e}"),
+            },
+            types::OFFER | types::ANSWER | types::ICE_CANDIDATE if env.peer_id == me => {
+                log::debug!("ignoring {} frame from ourselves", env.kind);
+            }
+            types::OFFER => match serde_json::from_value::<SdpPayload>(env.payload) {
+                Ok(p) => self.on_offer(&env.peer_id, &p.sdp, now),
+                Err(e) => log::warn!("ignoring malformed offer from {:?}: {e}", clip(&env.peer_id)),
+            },
+            types::ANSWER => match serde_json::from_value::<SdpPayload>(env.payload) {
+                Ok(p) => self.on_answer(&env.peer_id, &p.sdp, now),
+                Err(e) => log::warn!("ignoring malformed answer from {:?}: {e}", clip(&env.peer_id)),
+            },
+            types::ICE_CANDIDATE => match serde_json::from_value::<IceCandidatePayload>(env.payload) {
+                Ok(c) => self.on_candidate(&env.peer_id, &c, now),
+                Err(e) => log::debug!("ignoring malformed ice_candidate from {:?}: {e}", clip(&env.peer_id)),
+            },
+            types::ERROR => {
+                let code = env.payload.get("code").and_then(Value::as_str).unwrap_or("?");
+                let msg = env.payload.get("message").and_then(Value::as_str).unwrap_or("");
+                log::warn!("registry reports an error: {} {}", clip(code), clip(msg));
+            }
+            types::PONG | types::MESH_HEALTH => {}
+            other => log::debug!("ignoring signaling frame of type {:?}", clip(other)),
+        }
+    }
+
+    /// One datagram from the UDP socket. It goes to the link str0m itself
+    /// claims it for, else to the one that knows the sender's address (notes
+    /// pitfall 1); current links are asked before draining ones.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) {
+        self.touch(now);
+        let idx =
+            self.conns.iter().position(|c| c.link.accepts_strict(now, source, destination, bytes)).or_else(|| {
+                let known = |c: &Conn| c.link.is_alive() && c.link.knows_remote_address(source);
+                self.conns
+                    .iter()
+                    .position(|c| known(c) && self.is_current(c))
+                    .or_else(|| self.conns.iter().position(known))
+            });
+        match idx {
+            Some(idx) => {
+                self.conns[idx].link.handle_receive(now, source, destination, bytes);
+                self.pump(idx, now);
+                self.reap(now);
+            }
+            None => log::trace!("dropping {} byte datagram from {source}: no link claims it", bytes.len()),
+        }
+    }
+
+    /// Services every due deadline.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.touch(now);
+        for idx in 0..self.conns.len() {
+            if self.conns[idx].deadline <= now {
+                self.conns[idx].link.handle_timeout(now);
+                self.pump(idx, now);
+            }
+        }
+        self.reap(now);
+        if self.shutting_down {
+            return;
+        }
+        let mut recheck = false;
+        for st in self.peers.values_mut() {
+            if st.recheck_at.is_some_and(|at| at <= now) {
+                st.recheck_at = None;
+                recheck = true;
+            }
+        }
+        if recheck && self.registry == RegistryState::Connected {
+            // The answer tells whether the peer is still there; the
+            // `peer_list` rule then offers.
+            self.send_register();
+        }
+        if self.registry == RegistryState::Connected && self.status_at <= now {
+            self.last_status = None;
+            self.maybe_send_status(now);
+        }
+    }
+
+    /// One command of agent `from` (SPEC §6.1).
+    pub fn handle_command(&mut self, from: AgentId, cmd: Command, now: Instant) {
+        self.touch(now);
+        match cmd {
+            Command::Send { target_peer, message } => self.cmd_send(from, &target_peer, &message, now),
+            Command::Broadcast { message } => self.cmd_broadcast(from, &message, now),
+            Command::ListPeers => {
+                let peers = self.open_peers();
+                self.reply(from, Event::PeerList { peers });
+            }
+            Command::Connect { target_peer_id } => self.cmd_connect(from, &target_peer_id, now),
+            Command::Status => {
+                let status = StatusEvent {
+                    peer_id: self.peer_id.clone().unwrap_or_default(),
+                    registry: self.registry.as_str().to_owned(),
+                    peers: self.open_peers(),
+                    version: self.config.version.clone(),
+                };
+                self.reply(from, Event::Status(status));
+            }
+        }
+    }
+
+    /// Closes every link gracefully (SCTP shutdown, DTLS close_notify) and
+    /// stops making new ones. Keep servicing until [`Mesh::is_idle`].
+    pub fn shutdown(&mut self, now: Instant) {
+        self.touch(now);
+        self.shutting_down = true;
+        let ids: Vec<ConnId> = self.conns.iter().map(|c| c.id).collect();
+        for id in ids {
+            self.retire(id, now);
+        }
+        self.reap(now);
+    }
+
+    /// No connection needs servicing any more.
+    pub fn is_idle(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    // ----- signaling -----
+
+    fn on_peer_list(&mut self, peers: Vec<String>, now: Instant) {
+        let me = self.peer_id.clone().unwrap_or_default();
+        self.listed = peers.into_iter().filter(|p| *p != me && !p.is_empty()).take(MAX_LISTED).collect();
+        log::debug!("registry lists {} peers", self.listed.len());
+        for st in self.peers.values_mut() {
+            st.recheck_at = None;
+        }
+        // Forget what we know of peers that are neither listed nor linked.
+        self.peers.retain(|p, st| st.current.is_some() || self.listed.contains(p));
+        if !self.shutting_down {
+            let listed: Vec<String> = self.listed.iter().cloned().collect();
+            for peer in listed {
+                if !self.has_live_link(&peer) {
+                    self.start_offer(&peer, now);
+                }
+            }
+        }
+        for (agent, peer) in std::mem::take(&mut self.pending_connects) {
+            if !self.listed.contains(&peer) && !self.has_live_link(&peer) {
+                self.reply_error(
+                    agent,
+                    error_codes::UNKNOWN_PEER,
+                    format!("{peer} is not connected to the registry"),
+                    "connect",
+                    Some(&peer),
+                );
+            }
+        }
+    }
+
+    fn on_peer_left(&mut self, peer: &str, now: Instant) {
+        self.listed.remove(peer);
+        if let Some(st) = self.peers.get_mut(peer) {
+            st.recheck_at = None;
+        }
+        if let Some(id) = self.current_of(peer) {
+            log::info!("peer {peer} left the registry; closing its link");
+            self.retire(id, now);
+            self.reap(now);
+        }
+        self.peers.remove(peer);
+        self.maybe_send_status(now);
+    }
+
+    fn on_offer(&mut self, peer: &str, sdp: &str, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        let me = self.peer_id.clone().unwrap_or_default();
+        if let Some(id) = self.current_of(peer) {
+            let awaiting = self.conn(id).is_some_and(|c| c.awaiting_answer);
+            if awaiting && me.as_str() < peer {
+                // Glare: our offer wins (SPEC §5.2); the peer answers it.
+                log::debug!("glare with {peer}: keeping our offer");
+                return;
+            }
+            if awaiting {
+                log::debug!("glare with {peer}: dropping our offer and answering theirs");
+            } else {
+                log::info!("peer {peer} offered again (restarted?); replacing its link");
+            }
+            self.retire(id, now);
+        }
+        if self.conns.len() >= MAX_CONNECTIONS {
+            log::warn!("refusing the offer of {peer}: {} connections already", self.conns.len());
+            return;
+        }
+        let (mut link, answer) = match PeerLink::new_answerer(sdp, &self.local_candidates, &self.config.link, now) {
+            Ok(pair) => pair,
+            Err(e) => {
+                log::warn!("cannot answer the offer of {peer}: {e}");
+                return;
+            }
+        };
+        link.set_name(peer);
+        let id = self.add_conn(peer, link, false, now);
+        self.send_sdp(types::ANSWER, peer, answer, id);
+        log::info!("answered the offer of {peer}");
+        if let Some(idx) = self.index(id) {
+            self.pump(idx, now);
+        }
+        self.reap(now);
+    }
+
+    fn on_answer(&mut self, peer: &str, sdp: &str, now: Instant) {
+        let Some(idx) = self.current_of(peer).and_then(|id| self.index(id)) else {
+            log::debug!("ignoring an answer from {peer}: no offer of ours is waiting");
+            return;
+        };
+        if !self.conns[idx].awaiting_answer {
+            log::debug!("ignoring a second answer from {peer}");
+            return;
+        }
+        match self.conns[idx].link.accept_answer(sdp, now) {
+            Ok(()) => self.conns[idx].awaiting_answer = false,
+            Err(LinkError::InvalidSdp(e)) => log::warn!("ignoring an unusable answer from {peer}: {e}"),
+            Err(e) => {
+                self.conns[idx].awaiting_answer = false;
+                log::warn!("answer from {peer} failed: {e}");
+            }
+        }
+        self.pump(idx, now);
+        self.reap(now);
+    }
+
+    fn on_candidate(&mut self, peer: &str, c: &IceCandidatePayload, now: Instant) {
+        let Some(idx) = self.current_of(peer).and_then(|id| self.index(id)) else {
+            log::debug!("ignoring a candidate from {peer}: no link");
+            return;
+        };
+        self.conns[idx].link.add_remote_candidate(c);
+        self.pump(idx, now);
+    }
+
+    fn start_offer(&mut self, peer: &str, now: Instant) {
+        if self.registry != RegistryState::Connected || self.shutting_down {
+            return;
+        }
+        if self.conns.len() >= MAX_CONNECTIONS {
+            log::warn!("not offering to {peer}: {} connections already", self.conns.len());
+            return;
+        }
+        let (mut link, offer) = match PeerLink::new_offerer(&self.local_candidates, &self.config.link, now) {
+            Ok(pair) => pair,
+            Err(e) => {
+                log::warn!("cannot make an offer for {peer}: {e}");
+                return;
+            }
+        };
+        link.set_name(peer);
+        let id = self.add_conn(peer, link, true, now);
+        self.send_sdp(types::OFFER, peer, offer, id);
+        log::info!("offered to {peer}");
+        if let Some(idx) = self.index(id) {
+            self.pump(idx, now);
+        }
+    }
+
+    /// Sends an offer or answer, then trickles the host candidates it
+    /// carries, for stacks that only look at trickled ones.
+    fn send_sdp(&mut self, kind: &str, peer: &str, sdp: String, id: ConnId) {
+        let mid = self.conn(id).and_then(|c| c.link.mid());
+        let candidates: Vec<String> = sdp
+            .lines()
+            .filter_map(|l| l.trim_end().strip_prefix("a="))
+            .filter(|l| l.starts_with("candidate:"))
+            .map(str::to_owned)
+            .collect();
+        self.signal(kind, Some(peer), serde_json::to_value(SdpPayload { sdp }).unwrap_or(Value::Null));
+        for candidate in candidates {
+            let payload = IceCandidatePayload { candidate, sdp_mid: mid.clone(), sdp_mline_index: Some(0) };
+            self.signal(types::ICE_CANDIDATE, Some(peer), serde_json::to_value(payload).unwrap_or(Value::Null));
+        }
+    }
+
+    fn send_register(&mut self) {
+        let payload =
+            RegisterPayload { version: REGISTER_VERSION, features: FEATURES.iter().map(|f| f.to_string()).collect() };
+        self.signal(types::REGISTER, None, serde_json::to_value(payload).unwrap_or(Value::Null));
+    }
+
+    /// Sends `mesh_status` when the open set differs from the last one sent.
+    fn maybe_send_status(&mut self, now: Instant) {
+        if self.registry != RegistryState::Connected {
+            return;
+        }
+        let peers = self.open_peers();
+        if self.last_status.as_ref() == Some(&peers) {
+            return;
+        }
+        self.signal(
+            types::MESH_STATUS,
+            None,
+            serde_json::to_value(MeshStatusPayload { peers: peers.clone() }).unwrap_or(Value::Null),
+        );
+        self.last_status = Some(peers);
+        self.status_at = now + self.config.status_interval;
+    }
+
+    fn signal(&mut self, kind: &str, target: Option<&str>, payload: Value) {
+        if self.registry != RegistryState::Connected {
+            return;
+        }
+        let Some(me) = self.peer_id.as_deref() else { return };
+        self.outputs.push_back(MeshOutput::Signal(Envelope::new(kind, me, target, payload)));
+    }
+
+    // ----- commands -----
+
+    fn cmd_send(&mut self, from: AgentId, target: &str, message: &MeshMessage, now: Instant) {
+        let text = message.to_json();
+        if let Err((code, msg)) = self.send_text(target, &text, now) {
+            self.reply_error(from, code, msg, "send", Some(target));
+        }
+    }
+
+    fn cmd_broadcast(&mut self, from: AgentId, message: &MeshMessage, now: Instant) {
+        let text = message.to_json();
+        let limit = self.config.link.max_message_bytes;
+        if text.len() > limit {
+            let msg = format!("message of {} bytes exceeds the limit of {limit} bytes", text.len());
+            self.reply_error(from, error_codes::TOO_LARGE, msg, "broadcast", None);
+            return;
+        }
+        for peer in self.open_peers() {
+            if let Err((code, msg)) = self.send_text(&peer, &text, now) {
+                self.reply_error(from, code, msg, "broadcast", Some(&peer));
+            }
+        }
+    }
+
+    fn send_text(&mut self, target: &str, text: &str, now: Instant) -> Result<(), (&'static str, String)> {
+        let limit = self.config.link.max_message_bytes;
+        if text.len() > limit {
+            return Err((
+                error_codes::TOO_LARGE,
+                format!("message of {} bytes exceeds the limit of {limit} bytes", text.len()),
+            ));
+        }
+        let Some(idx) = self.current_of(target).and_then(|id| self.index(id)) else {
+            return Err(if self.listed.contains(target) {
+                (error_codes::NOT_CONNECTED, format!("no data channel to {target} yet"))
+            } else {
+                (error_codes::UNKNOWN_PEER, format!("no peer {target}"))
+            });
+        };
+        let result = self.conns[idx].link.send(text);
+        self.pump(idx, now);
+        self.reap(now);
+        result.map_err(|e| {
+            let code = match e {
+                SendError::TooLarge { .. } => error_codes::TOO_LARGE,
+                SendError::Backpressure => error_codes::BACKPRESSURE,
+                SendError::NotOpen | SendError::Empty => error_codes::NOT_CONNECTED,
+            };
+            (code, format!("{target}: {e}"))
+        })
+    }
+
+    fn cmd_connect(&mut self, from: AgentId, target: &str, now: Instant) {
+        if self.peer_id.as_deref() == Some(target) {
+            self.reply_error(from, error_codes::UNKNOWN_PEER, "that is this sidecar".into(), "connect", Some(target));
+            return;
+        }
+        if self.has_live_link(target) {
+            return;
+        }
+        if self.registry != RegistryState::Connected {
+            let msg = "the registry is not reachable; offers cannot be sent".to_owned();
+            self.reply_error(from, error_codes::NOT_CONNECTED, msg, "connect", Some(target));
+            return;
+        }
+        if self.listed.contains(target) {
+            self.start_offer(target, now);
+        } else {
+            // Joins are not pushed, so our list may be stale: ask again; the
+            // `peer_list` rule offers if the peer is there.
+            self.pending_connects.push((from, target.to_owned()));
+            self.send_register();
+        }
+    }
+
+    fn reply(&mut self, to: AgentId, event: Event) {
+        self.outputs.push_back(MeshOutput::Event { to: Some(to), event });
+    }
+
+    fn reply_error(&mut self, to: AgentId, code: &str, message: String, command: &str, target: Option<&str>) {
+        let event = Event::Error(ErrorEvent {
+            code: code.to_owned(),
+            message: Some(message),
+            command: Some(command.to_owned()),
+            target_peer: target.map(str::to_owned),
+            count: None,
+        });
+        self.reply(to, event);
+    }
+
+    fn broadcast(&mut self, event: Event) {
+        self.outputs.push_back(MeshOutput::Event { to: None, event });
+    }
+
+    // ----- links -----
+
+    fn add_conn(&mut self, peer: &str, link: PeerLink, offerer: bool, now: Instant) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.push(Conn {
+            id,
+            peer: peer.to_owned(),
+            link,
+            awaiting_answer: offerer,
+            deadline: now,
+            opened: false,
+            reported_end: false,
+        });
+        self.peers.entry(peer.to_owned()).or_default().current = Some(id);
+        id
+    }
+
+    /// Drains one link until it sleeps, acting on what it reports.
+    fn pump(&mut self, idx: usize, now: Instant) {
+        loop {
+            match self.conns[idx].link.poll_output() {
+                LinkOutput::Transmit { source, destination, contents } => {
+                    self.outputs.push_back(MeshOutput::Transmit { source, destination, contents })
+                }
+                LinkOutput::Timeout(t) => {
+                    self.conns[idx].deadline = t;
+                    return;
+                }
+                LinkOutput::Open => self.on_open(idx, now),
+                LinkOutput::Message(text) => self.on_message(idx, &text),
+                LinkOutput::Closed => self.on_closed(idx, now),
+            }
+        }
+    }
+
+    fn on_open(&mut self, idx: usize, now: Instant) {
+        if !self.is_current(&self.conns[idx]) || self.conns[idx].opened {
+            return;
+        }
+        let conn = &mut self.conns[idx];
+        conn.opened = true;
+        conn.awaiting_answer = false;
+        let peer = conn.peer.clone();
+        if let Some(st) = self.peers.get_mut(&peer) {
+            st.backoff = None;
+            st.recheck_at = None;
+        }
+        log::info!("data channel to {peer} is open");
+        self.broadcast(Event::PeerConnected { peer_id: peer });
+        self.maybe_send_status(now);
+    }
+
+    fn on_message(&mut self, idx: usize, text: &str) {
+        let conn = &mut self.conns[idx];
+        let message: MeshMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("dropping a {} byte message from {} that is not a mesh message: {e}", text.len(), conn.peer);
+                return;
+            }
+        };
+        if message.kind == "ping" {
+            let pong = MeshMessage {
+                kind: "pong".into(),
+                request_id: message.request_id,
+                source_agent: message.target_agent,
+                target_agent: message.source_agent,
+                payload: message.payload,
+            };
+            if let Err(e) = conn.link.send(&pong.to_json()) {
+                log::debug!("cannot answer a ping of {}: {e}", conn.peer);
+            }
+            return;
+        }
+        let from_peer = conn.peer.clone();
+        self.broadcast(Event::Message { from_peer, message });
+    }
+
+    fn on_closed(&mut self, idx: usize, now: Instant) {
+        let current = self.is_current(&self.conns[idx]);
+        let conn = &mut self.conns[idx];
+        let peer = conn.peer.clone();
+        let was_open = conn.opened && !conn.reported_end;
+        conn.reported_end = true;
+        if !current {
+            return;
+        }
+        if let Some(st) = self.peers.get_mut(&peer) {
+            st.current = None;
+        }
+        if was_open {
+            log::info!("data channel to {peer} closed");
+            self.broadcast(Event::PeerDisconnected { peer_id: peer.clone() });
+        } else {
+            log::info!("link to {peer} failed before it opened");
+        }
+        self.maybe_send_status(now);
+        self.schedule_recheck(&peer, now);
+    }
+
+    /// After a dead link: the smaller peer_id re-offers after a backoff
+    /// (SPEC §5.2). The larger one checks later too, in case the smaller
+    /// never learns of the failure (e.g. our own offer was what got lost);
+    /// by then the smaller one's offer normally made a live link, so the
+    /// check offers nothing.
+    fn schedule_recheck(&mut self, peer: &str, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        let smaller = self.peer_id.as_deref().is_some_and(|me| me < peer);
+        let (min, max) = (self.config.reoffer_min, self.config.reoffer_max);
+        let jitter = self.next_random();
+        let Some(st) = self.peers.get_mut(peer) else { return };
+        let base = st.backoff.unwrap_or(min);
+        st.backoff = Some((base * 2).min(max));
+        // Half fixed, half random: spread without ever re-offering at once.
+        let delay = base / 2 + base.mul_f64(jitter) / 2;
+        let delay = if smaller { delay } else { delay * 2 + min };
+        st.recheck_at = Some(now + delay);
+        log::debug!("checking on {peer} again in {delay:?}");
+    }
+
+    /// Ends a connection for good: it stops being current, its
+    /// `peer_disconnected` (if it had opened) is reported now, and nothing it
+    /// reports later counts.
+    fn retire(&mut self, id: ConnId, now: Instant) {
+        let Some(idx) = self.index(id) else { return };
+        let peer = self.conns[idx].peer.clone();
+        if let Some(st) = self.peers.get_mut(&peer)
+            && st.current == Some(id)
+        {
+            st.current = None;
+        }
+        let conn = &mut self.conns[idx];
+        if conn.opened && !conn.reported_end {
+            log::info!("data channel to {peer} closed");
+            self.outputs.push_back(MeshOutput::Event { to: None, event: Event::PeerDisconnected { peer_id: peer } });
+        }
+        let conn = &mut self.conns[idx];
+        conn.reported_end = true;
+        conn.awaiting_answer = false;
+        conn.link.close();
+        self.pump(idx, now);
+        self.maybe_send_status(now);
+    }
+
+    /// Drops connections that finished draining. A current link that died
+    /// without saying so still gets its end reported first.
+    fn reap(&mut self, now: Instant) {
+        for idx in 0..self.conns.len() {
+            let c = &self.conns[idx];
+            if !c.link.is_alive() && !c.reported_end && self.is_current(c) {
+                self.on_closed(idx, now);
+            }
+        }
+        self.conns.retain(|c| c.link.is_alive());
+    }
+
+    fn has_live_link(&self, peer: &str) -> bool {
+        self.current_of(peer).and_then(|id| self.conn(id)).is_some_and(|c| c.link.is_alive() && !c.reported_end)
+    }
+
+    fn current_of(&self, peer: &str) -> Option<ConnId> {
+        self.peers.get(peer).and_then(|st| st.current)
+    }
+
+    fn is_current(&self, c: &Conn) -> bool {
+        self.current_of(&c.peer) == Some(c.id)
+    }
+
+    fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.iter().find(|c| c.id == id)
+    }
+
+    fn index(&self, id: ConnId) -> Option<usize> {
+        self.conns.iter().position(|c| c.id == id)
+    }
+
+    fn touch(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+    }
+
+    /// Uniform in [0, 1): xorshift64*, plenty for spreading retries.
+    fn next_random(&mut self) -> f64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let x = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(LOG_TEXT_LIMIT) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::HashSet;
+
+    /// One-way delay of simulated datagrams and of the simulated registry.
+    const NET_DELAY: Duration = Duration::from_micros(500);
+    const SIG_DELAY: Duration = Duration::from_millis(1);
+    const AGENT: AgentId = 7;
+
+    struct Node {
+        id: String,
+        mesh: Mesh,
+        addr: SocketAddr,
+        /// The process runs (a killed one is neither driven nor reachable).
+        up: bool,
+        /// Its signaling WebSocket is open.
+        ws: bool,
+        events: Vec<(Option<AgentId>, Event)>,
+        generation: u16,
+    }
+
+    struct Packet {
+        at: Instant,
+        from: SocketAddr,
+        to: SocketAddr,
+        contents: Vec<u8>,
+    }
+
+    struct Frame {
+        at: Instant,
+        to: String,
+        text: String,
+    }
+
+    /// Sidecars wired in memory: a network of datagrams, and a registry that
+    /// answers `register`, relays, and announces `peer_left`.
+    struct World {
+        nodes: Vec<Node>,
+        start: Instant,
+        now: Instant,
+        packets: VecDeque<Packet>,
+        frames: VecDeque<Frame>,
+        registry_up: bool,
+        /// Node pairs whose datagrams are lost.
+        blocked: HashSet<(String, String)>,
+        /// Every relayed offer, as (from, to).
+        offers: Vec<(String, String)>,
+        /// Every `mesh_status` received, as (from, peers).
+        statuses: Vec<(String, Vec<String>)>,
+        /// Registers of these peers go unanswered.
+        swallow_register: HashSet<String>,
+    }
+
+    fn node_addr(i: usize, generation: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 10 + i as u8], 5000 + generation))
+    }
+
+    impl World {
+        fn new(ids: &[&str]) -> World {
+            let start = Instant::now();
+            let nodes = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let mut n = Node {
+                        id: id.to_string(),
+                        mesh: Mesh::new(MeshConfig { seed: i as u64 + 1, ..MeshConfig::default() }, start),
+                        addr: node_addr(i, 0),
+                        up: true,
+                        ws: false,
+                        events: Vec::new(),
+                        generation: 0,
+                    };
+                    n.mesh.set_local_candidates(vec![n.addr]);
+                    n
+                })
+                .collect();
+            World {
+                nodes,
+                start,
+                now: start,
+                packets: VecDeque::new(),
+                frames: VecDeque::new(),
+                registry_up: true,
+                blocked: HashSet::new(),
+                offers: Vec::new(),
+                statuses: Vec::new(),
+                swallow_register: HashSet::new(),
+            }
+        }
+
+        fn idx(&self, id: &str) -> usize {
+            self.nodes.iter().position(|n| n.id == id).expect("node")
+        }
+
+        fn mesh(&mut self, id: &str) -> &mut Mesh {
+            let i = self.idx(id);
+            &mut self.nodes[i].mesh
+        }
+
+        /// Moves everything `id` produced onto the wire, the registry or its
+        /// event log.
+        fn drain(&mut self, id: &str) {
+            let i = self.idx(id);
+            while let Some(out) = self.nodes[i].mesh.poll_output() {
+                match out {
+                    MeshOutput::Transmit { source, destination, contents } => {
+                        assert_eq!(source, self.nodes[i].addr, "sent from a foreign address");
+                        self.packets.push_back(Packet {
+                            at: self.now + NET_DELAY,
+                            from: source,
+                            to: destination,
+                            contents,
+                        });
+                    }
+                    MeshOutput::Signal(env) => {
+                        assert!(self.nodes[i].ws && self.registry_up, "{id} signaled without a registry: {env:?}");
+                        assert_eq!(env.peer_id, id);
+                        self.registry_receive(env);
+                    }
+                    MeshOutput::Event { to, event } => self.nodes[i].events.push((to, event)),
+                }
+            }
+        }
+
+        fn registry_receive(&mut self, env: Envelope) {
+            let at = self.now + SIG_DELAY;
+            match env.kind.as_str() {
+                types::REGISTER => {
+                    if self.swallow_register.contains(&env.peer_id) {
+                        return;
+                    }
+                    let peers: Vec<String> =
+                        self.nodes.iter().filter(|n| n.ws && n.id != env.peer_id).map(|n| n.id.clone()).collect();
+                    let text = Envelope::from_registry(types::PEER_LIST, PeerListPayload { peers }).to_json();
+                    self.frames.push_back(Frame { at, to: env.peer_id.clone(), text });
+                }
+                types::OFFER | types::ANSWER | types::ICE_CANDIDATE => {
+                    let target = env.target_id.clone().expect("relayed frames have a target");
+                    if env.kind == types::OFFER {
+                        self.offers.push((env.peer_id.clone(), target.clone()));
+                    }
+                    if self.nodes.iter().any(|n| n.id == target && n.ws) {
+                        self.frames.push_back(Frame { at, to: target, text: env.to_json() });
+                    }
+                }
+                types::MESH_STATUS => {
+                    let p: MeshStatusPayload = serde_json::from_value(env.payload).unwrap();
+                    self.statuses.push((env.peer_id, p.peers));
+                }
+                other => panic!("unexpected frame {other}"),
+            }
+        }
+
+        /// The sidecar's WebSocket comes up.
+        fn connect(&mut self, id: &str) {
+            let i = self.idx(id);
+            assert!(self.registry_up);
+            self.nodes[i].ws = true;
+            let now = self.now;
+            self.nodes[i].mesh.handle_registry_connected(id, now);
+            self.drain(id);
+        }
+
+        /// Its WebSocket goes away; the registry tells the others.
+        fn disconnect_ws(&mut self, id: &str, announce: bool) {
+            let i = self.idx(id);
+            self.nodes[i].ws = false;
+            if self.nodes[i].up {
+                self.nodes[i].mesh.handle_registry_down();
+                self.drain(id);
+            }
+            if announce {
+                let text =
+                    Envelope::from_registry(types::PEER_LEFT, PeerLeftPayload { peer_id: id.to_owned() }).to_json();
+                for n in self.nodes.iter().filter(|n| n.ws) {
+                    self.frames.push_back(Frame { at: self.now + SIG_DELAY, to: n.id.clone(), text: text.clone() });
+                }
+            }
+        }
+
+        /// kill -9: no goodbye on any link.
+        fn kill(&mut self, id: &str, announce: bool) {
+            let i = self.idx(id);
+            self.nodes[i].up = false;
+            self.disconnect_ws(id, announce);
+        }
+
+        /// A fresh process with the same identity and a new UDP port.
+        fn restart(&mut self, id: &str) {
+            let i = self.idx(id);
+            let n = &mut self.nodes[i];
+            n.generation += 1;
+            n.addr = node_addr(i, n.generation);
+            n.mesh = Mesh::new(MeshConfig { seed: 99 + n.generation as u64, ..MeshConfig::default() }, self.now);
+            n.mesh.set_local_candidates(vec![n.addr]);
+            n.up = true;
+            n.events.clear();
+            self.connect(id);
+        }
+
+        fn registry_down(&mut self) {
+            self.registry_up = false;
+            self.frames.clear();
+            let ids: Vec<String> = self.nodes.iter().filter(|n| n.ws).map(|n| n.id.clone()).collect();
+            for id in ids {
+                self.disconnect_ws(&id, false);
+            }
+        }
+
+        fn registry_back(&mut self, ids: &[&str]) {
+            self.registry_up = true;
+            for id in ids {
+                self.connect(id);
+            }
+        }
+
+        fn command(&mut self, id: &str, cmd: Command) {
+            let now = self.now;
+            self.mesh(id).handle_command(AGENT, cmd, now);
+            self.drain(id);
+        }
+
+        fn send(&mut self, from: &str, to: &str, kind: &str, payload: Value) {
+            let message = MeshMessage::new(kind, "", payload);
+            self.command(from, Command::Send { target_peer: to.into(), message });
+        }
+
+        fn blocked(&self, a: SocketAddr, b: SocketAddr) -> bool {
+            let name = |addr| self.nodes.iter().find(|n| n.addr == addr).map(|n| n.id.clone()).unwrap_or_default();
+            let (a, b) = (name(a), name(b));
+            self.blocked.contains(&(a.clone(), b.clone())) || self.blocked.contains(&(b, a))
+        }
+
+        /// Runs the next due thing, never past `until`.
+        fn step(&mut self, until: Instant) {
+            let mut next = until;
+            for n in self.nodes.iter().filter(|n| n.up) {
+                next = next.min(n.mesh.poll_timeout());
+            }
+            if let Some(p) = self.packets.front() {
+                next = next.min(p.at);
+            }
+            if let Some(f) = self.frames.front() {
+                next = next.min(f.at);
+            }
+            self.now = self.now.max(next);
+            let now = self.now;
+            while self.packets.front().is_some_and(|p| p.at <= now) {
+                let p = self.packets.pop_front().unwrap();
+                if self.blocked(p.from, p.to) {
+                    continue;
+                }
+                let Some(i) = self.nodes.iter().position(|n| n.up && n.addr == p.to) else { continue };
+                self.nodes[i].mesh.handle_datagram(now, p.from, p.to, &p.contents);
+                let id = self.nodes[i].id.clone();
+                self.drain(&id);
+            }
+            while self.frames.front().is_some_and(|f| f.at <= now) {
+                let f = self.frames.pop_front().unwrap();
+                let i = self.idx(&f.to);
+                if !self.nodes[i].up || !self.nodes[i].ws {
+                    continue;
+                }
+                self.nodes[i].mesh.handle_signal(&f.text, now);
+                self.drain(&f.to);
+            }
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].up && self.nodes[i].mesh.poll_timeout() <= now {
+                    self.nodes[i].mesh.handle_timeout(now);
+                    let id = self.nodes[i].id.clone();
+                    self.drain(&id);
+                }
+            }
+        }
+
+        fn run_until(&mut self, limit: Duration, done: impl Fn(&World) -> bool) -> bool {
+            let end = self.now + limit;
+            for _ in 0..5_000_000 {
+                if done(self) {
+                    return true;
+                }
+                if self.now >= end {
+                    return false;
+                }
+                self.step(end);
+            }
+            panic!("simulation does not advance");
+        }
+
+        fn run_for(&mut self, d: Duration) {
+            self.run_until(d, |_| false);
+        }
+
+        fn events(&self, id: &str) -> &[(Option<AgentId>, Event)] {
+            &self.nodes[self.idx(id)].events
+        }
+
+        /// The `peer_connected`/`peer_disconnected` sequence `id` reported
+        /// about `peer`: `true` for connected.
+        fn link_events(&self, id: &str, peer: &str) -> Vec<bool> {
+            self.events(id)
+                .iter()
+                .filter_map(|(to, e)| match e {
+                    Event::PeerConnected { peer_id } if peer_id == peer => Some((to, true)),
+                    Event::PeerDisconnected { peer_id } if peer_id == peer => Some((to, false)),
+                    _ => None,
+                })
+                .map(|(to, up)| {
+                    assert_eq!(*to, None, "link events go to every agent");
+                    up
+                })
+                .collect()
+        }
+
+        fn connected(&self, id: &str, peer: &str) -> bool {
+            self.link_events(id, peer).last() == Some(&true)
+        }
+
+        fn messages(&self, id: &str) -> Vec<(String, MeshMessage)> {
+            self.events(id)
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    Event::Message { from_peer, message } => Some((from_peer.clone(), message.clone())),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn errors(&self, id: &str) -> Vec<ErrorEvent> {
+            self.events(id)
+                .iter()
+                .filter_map(|(to, e)| match e {
+                    Event::Error(err) => {
+                        assert_eq!(*to, Some(AGENT), "errors answer the agent that sent the command");
+                        Some(err.clone())
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// The last reply to a command of `id`'s agent.
+        fn last_reply(&self, id: &str) -> Event {
+            self.events(id).iter().rev().find(|(to, _)| *to == Some(AGENT)).expect("a reply").1.clone()
+        }
+
+        fn full_mesh(&self, ids: &[&str]) -> bool {
+            ids.iter().all(|a| ids.iter().all(|b| a == b || self.connected(a, b)))
+        }
+    }
+
+    /// Every peer's connect/disconnect history alternates, starting with a
+    /// connect: `peer_disconnected` exactly once per link that opened.
+    fn assert_alternating(w: &World) {
+        for n in &w.nodes {
+            for m in &w.nodes {
+                let seq = w.link_events(&n.id, &m.id);
+                for (i, up) in seq.iter().enumerate() {
+                    assert_eq!(*up, i % 2 == 0, "{} about {}: {seq:?}", n.id, m.id);
+                }
+            }
+        }
+    }
+
+    fn pair() -> World {
+        let mut w = World::new(&["alpha", "bravo"]);
+        w.connect("alpha");
+        w.connect("bravo");
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo"])), "no link");
+        w
+    }
+
+    #[test]
+    fn newcomer_offers_and_both_sides_connect() {
+        let mut w = World::new(&["alpha", "bravo"]);
+        w.connect("alpha");
+        w.run_for(Duration::from_millis(10));
+        let t0 = w.now;
+        w.connect("bravo");
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo"])));
+        eprintln!("newcomer to peer_connected: {:?} (simulated; world at {:?})", w.now - t0, w.now - w.start);
+        assert!(w.now - t0 < Duration::from_millis(200), "{:?}", w.now - t0);
+        assert_eq!(w.offers, [("bravo".to_owned(), "alpha".to_owned())], "only the newcomer offers");
+
+        w.send("alpha", "bravo", "task_request", json!({"n": 1}));
+        w.send("bravo", "alpha", "task_result", json!("ok"));
+        assert!(w.run_until(Duration::from_secs(1), |w| {
+            w.messages("bravo").len() == 1 && w.messages("alpha").len() == 1
+        }));
+        let (from, m) = &w.messages("bravo")[0];
+        assert_eq!(from, "alpha");
+        assert_eq!(
+            serde_json::to_value(m).unwrap(),
+            json!({"type":"task_request","request_id":"","source_agent":"","target_agent":"","payload":{"n":1}})
+        );
+        assert_eq!(w.messages("alpha")[0].0, "bravo");
+
+        w.command("alpha", Command::ListPeers);
+        assert_eq!(w.last_reply("alpha"), Event::PeerList { peers: vec!["bravo".into()] });
+        w.command("bravo", Command::Status);
+        let Event::Status(s) = w.last_reply("bravo") else { panic!("no status") };
+        assert_eq!(
+            (s.peer_id.as_str(), s.registry.as_str(), s.peers.as_slice()),
+            ("bravo", "connected", &["alpha".to_owned()][..])
+        );
+        assert!(w.errors("alpha").is_empty() && w.errors("bravo").is_empty());
+        assert_alternating(&w);
+    }
+
+    #[test]
+    fn three_peers_form_a_full_mesh_and_broadcast_reaches_each_once() {
+        let ids = ["alpha", "bravo", "charlie"];
+        let mut w = World::new(&ids);
+        for id in ids {
+            w.connect(id);
+        }
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&ids)));
+        w.command("bravo", Command::Broadcast { message: MeshMessage::new("hello", "r1", json!([1])) });
+        assert!(w.run_until(Duration::from_secs(1), |w| {
+            w.messages("alpha").len() == 1 && w.messages("charlie").len() == 1
+        }));
+        w.run_for(Duration::from_millis(100));
+        assert!(w.messages("bravo").is_empty());
+        for id in ["alpha", "charlie"] {
+            let (from, m) = &w.messages(id)[0];
+            assert_eq!((from.as_str(), m.kind.as_str(), m.request_id.as_str()), ("bravo", "hello", "r1"));
+        }
+        w.command("charlie", Command::ListPeers);
+        assert_eq!(w.last_reply("charlie"), Event::PeerList { peers: vec!["alpha".into(), "bravo".into()] });
+        assert_alternating(&w);
+    }
+
+    #[test]
+    fn glare_ends_with_one_link_from_the_smaller_offer() {
+        let mut w = World::new(&["alpha", "bravo"]);
+        // Both are registered before either asks for the list, so each sees
+        // the other and both offer.
+        w.nodes[0].ws = true;
+        w.nodes[1].ws = true;
+        w.connect("alpha");
+        w.connect("bravo");
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo"])));
+        assert_eq!(w.offers.len(), 2, "{:?}", w.offers);
+        w.run_for(Duration::from_secs(20));
+        assert_eq!(w.link_events("alpha", "bravo"), [true]);
+        assert_eq!(w.link_events("bravo", "alpha"), [true]);
+        assert_eq!(w.mesh("alpha").connection_count(), 1);
+        assert_eq!(w.mesh("bravo").connection_count(), 1);
+        w.send("bravo", "alpha", "x", Value::Null);
+        assert!(w.run_until(Duration::from_secs(1), |w| w.messages("alpha").len() == 1));
+    }
+
+    #[test]
+    fn restarted_peer_replaces_the_old_link_at_once() {
+        let mut w = pair();
+        // The registry swaps the WebSocket without a peer_left; the old
+        // process vanished without a goodbye.
+        w.kill("bravo", false);
+        let t0 = w.now;
+        w.restart("bravo");
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo"])
+            && w.link_events("alpha", "bravo").len() == 3));
+        eprintln!("restarted peer reconnected after {:?} (simulated)", w.now - t0);
+        assert!(w.now - t0 < Duration::from_secs(1));
+        assert_eq!(w.link_events("alpha", "bravo"), [true, false, true]);
+        // The old link's own end (silence timeout) must not touch the new one.
+        w.run_for(Duration::from_secs(40));
+        assert_eq!(w.link_events("alpha", "bravo"), [true, false, true]);
+        assert_eq!(w.link_events("bravo", "alpha"), [true]);
+        assert_eq!(w.mesh("alpha").connection_count(), 1);
+        w.send("alpha", "bravo", "a2b", Value::Null);
+        w.send("bravo", "alpha", "b2a", Value::Null);
+        assert!(w.run_until(Duration::from_secs(1), |w| {
+            w.messages("alpha").len() == 1 && w.messages("bravo").len() == 1
+        }));
+    }
+
+    #[test]
+    fn peer_left_closes_the_link_once() {
+        let ids = ["alpha", "bravo", "charlie"];
+        let mut w = World::new(&ids);
+        for id in ids {
+            w.connect(id);
+        }
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&ids)));
+        let t0 = w.now;
+        let offers = w.offers.len();
+        w.kill("charlie", true);
+        assert!(w.run_until(Duration::from_secs(1), |w| !w.connected("alpha", "charlie")
+            && !w.connected("bravo", "charlie")));
+        assert!(w.now - t0 < Duration::from_millis(50));
+        w.run_for(Duration::from_secs(30));
+        assert_eq!(w.link_events("alpha", "charlie"), [true, false]);
+        assert_eq!(w.link_events("bravo", "charlie"), [true, false]);
+        assert_eq!(w.offers.len(), offers, "a departed peer is not re-offered: {:?}", w.offers);
+        w.send("alpha", "charlie", "x", Value::Null);
+        assert_eq!(w.errors("alpha").last().unwrap().code, error_codes::UNKNOWN_PEER);
+        assert!(w.connected("alpha", "bravo"));
+    }
+
+    #[test]
+    fn dead_link_is_detected_and_the_smaller_peer_re_offers() {
+        let mut w = pair();
+        let offers_before = w.offers.len();
+        w.blocked.insert(("alpha".into(), "bravo".into()));
+        let t0 = w.now;
+        assert!(w.run_until(Duration::from_secs(30), |w| {
+            !w.connected("alpha", "bravo") && !w.connected("bravo", "alpha")
+        }));
+        eprintln!("dead link detected after {:?} (simulated)", w.now - t0);
+        assert!(w.now - t0 <= Duration::from_secs(15));
+        w.run_for(Duration::from_secs(5));
+        w.blocked.clear();
+        assert!(w.run_until(Duration::from_secs(60), |w| w.full_mesh(&["alpha", "bravo"])));
+        let reoffers = &w.offers[offers_before..];
+        assert!(!reoffers.is_empty());
+        assert_eq!(reoffers[0], ("alpha".to_owned(), "bravo".to_owned()), "the smaller id re-offers: {reoffers:?}");
+        w.run_for(Duration::from_secs(30));
+        assert_eq!(w.link_events("alpha", "bravo"), [true, false, true]);
+        assert_eq!(w.link_events("bravo", "alpha"), [true, false, true]);
+        w.send("bravo", "alpha", "back", Value::Null);
+        assert!(w.run_until(Duration::from_secs(1), |w| w.messages("alpha").len() == 1));
+    }
+
+    #[test]
+    fn registry_outage_leaves_links_alone_and_live_links_are_not_re_offered() {
+        let mut w = World::new(&["alpha", "bravo", "charlie"]);
+        w.connect("alpha");
+        w.connect("bravo");
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo"])));
+        w.registry_down();
+        w.command("alpha", Command::Status);
+        let Event::Status(s) = w.last_reply("alpha") else { panic!() };
+        assert_eq!((s.registry.as_str(), s.peers.len()), ("down", 1));
+        w.run_for(Duration::from_secs(60));
+        w.send("alpha", "bravo", "during", Value::Null);
+        w.send("bravo", "alpha", "during", Value::Null);
+        assert!(w.run_until(Duration::from_secs(1), |w| {
+            w.messages("alpha").len() == 1 && w.messages("bravo").len() == 1
+        }));
+        let offers = w.offers.len();
+        w.registry_back(&["alpha", "bravo"]);
+        w.run_for(Duration::from_secs(5));
+        assert_eq!(w.offers.len(), offers, "live links were re-offered: {:?}", &w.offers[offers..]);
+        w.connect("charlie");
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo", "charlie"])));
+        assert_eq!(w.link_events("alpha", "bravo"), [true]);
+        assert_alternating(&w);
+    }
+
+    #[test]
+    fn ping_is_answered_by_the_sidecar() {
+        let mut w = pair();
+        let ping = MeshMessage {
+            kind: "ping".into(),
+            request_id: "p-1".into(),
+            source_agent: "agent-a".into(),
+            target_agent: "agent-b".into(),
+            payload: json!({"t": 5}),
+        };
+        w.command("alpha", Command::Send { target_peer: "bravo".into(), message: ping });
+        assert!(w.run_until(Duration::from_secs(1), |w| w.messages("alpha").len() == 1));
+        let (from, pong) = &w.messages("alpha")[0];
+        assert_eq!(from, "bravo");
+        assert_eq!((pong.kind.as_str(), pong.request_id.as_str()), ("pong", "p-1"));
+        assert_eq!((pong.source_agent.as_str(), pong.target_agent.as_str()), ("agent-b", "agent-a"));
+        assert!(w.messages("bravo").is_empty(), "pings are not forwarded");
+    }
+
+    #[test]
+    fn data_channel_text_that_is_not_a_mesh_message_is_dropped() {
+        let mut w = pair();
+        let now = w.now;
+        let a = w.mesh("alpha");
+        let idx = a.conns.iter().position(|c| c.peer == "bravo").unwrap();
+        for junk in ["not json", "{\"payload\":1}", "[1,2]", "{\"type\":5}"] {
+            a.conns[idx].link.send(junk).unwrap();
+        }
+        a.pump(idx, now);
+        w.drain("alpha");
+        w.send("alpha", "bravo", "valid", Value::Null);
+        assert!(w.run_until(Duration::from_secs(1), |w| !w.messages("bravo").is_empty()));
+        w.run_for(Duration::from_millis(100));
+        let got: Vec<String> = w.messages("bravo").into_iter().map(|(_, m)| m.kind).collect();
+        assert_eq!(got, ["valid"]);
+        assert!(w.connected("bravo", "alpha"));
+    }
+
+    #[test]
+    fn commands_that_cannot_be_done_get_errors() {
+        let mut w = pair();
+        // Exactly at the limit: arrives intact.
+        let overhead = MeshMessage::new("big", "", json!("")).to_json().len();
+        let body = "x".repeat(65_000 - overhead);
+        let big = MeshMessage::new("big", "", json!(body));
+        assert_eq!(big.to_json().len(), 65_000);
+        w.command("alpha", Command::Send { target_peer: "bravo".into(), message: big.clone() });
+        assert!(w.errors("alpha").is_empty(), "{:?}", w.errors("alpha"));
+        assert!(w.run_until(Duration::from_secs(2), |w| w.messages("bravo").len() == 1));
+        assert_eq!(w.messages("bravo")[0].1, big);
+
+        let too_big = MeshMessage::new("big", "", json!(format!("{body}y")));
+        w.command("alpha", Command::Send { target_peer: "bravo".into(), message: too_big.clone() });
+        let e = w.errors("alpha").pop().unwrap();
+        assert_eq!(
+            (e.code.as_str(), e.command.as_deref(), e.target_peer.as_deref()),
+            (error_codes::TOO_LARGE, Some("send"), Some("bravo"))
+        );
+        w.command("alpha", Command::Broadcast { message: too_big });
+        assert_eq!(w.errors("alpha").pop().unwrap().code, error_codes::TOO_LARGE);
+
+        w.send("alpha", "nobody", "x", Value::Null);
+        let e = w.errors("alpha").pop().unwrap();
+        assert_eq!((e.code.as_str(), e.target_peer.as_deref()), (error_codes::UNKNOWN_PEER, Some("nobody")));
+
+        w.command("alpha", Command::Connect { target_peer_id: "nobody".into() });
+        w.run_for(Duration::from_millis(50));
+        let e = w.errors("alpha").pop().unwrap();
+        assert_eq!((e.code.as_str(), e.command.as_deref()), (error_codes::UNKNOWN_PEER, Some("connect")));
+        // The channel survived all of it.
+        w.send("alpha", "bravo", "after", Value::Null);
+        assert!(w.run_until(Duration::from_secs(1), |w| w.messages("bravo").len() == 2));
+        assert_eq!(w.errors("alpha").len(), 4);
+    }
+
+    #[test]
+    fn a_flood_is_refused_with_backpressure_not_lost() {
+        let mut w = pair();
+        let chunk = "m".repeat(60_000);
+        let mut accepted = 0;
+        loop {
+            w.send("alpha", "bravo", "bulk", json!(chunk));
+            if let Some(e) = w.errors("alpha").pop() {
+                assert_eq!((e.code.as_str(), e.target_peer.as_deref()), (error_codes::BACKPRESSURE, Some("bravo")));
+                break;
+            }
+            accepted += 1;
+            assert!(accepted < 1000, "no backpressure");
+        }
+        assert!(w.run_until(Duration::from_secs(10), |w| w.messages("bravo").len() == accepted));
+        w.send("alpha", "bravo", "after", Value::Null);
+        assert_eq!(w.errors("alpha").len(), 1);
+    }
+
+    #[test]
+    fn connect_asks_the_registry_for_a_peer_it_did_not_know() {
+        let mut w = World::new(&["alpha", "bravo"]);
+        w.connect("alpha");
+        // bravo is up, but its own register goes unanswered, so it never
+        // offers; alpha's list is stale.
+        w.swallow_register.insert("bravo".into());
+        w.connect("bravo");
+        w.run_for(Duration::from_secs(1));
+        assert!(w.offers.is_empty());
+        w.send("alpha", "bravo", "x", Value::Null);
+        assert_eq!(w.errors("alpha").pop().unwrap().code, error_codes::UNKNOWN_PEER);
+        w.command("alpha", Command::Connect { target_peer_id: "bravo".into() });
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo"])));
+        assert_eq!(w.offers, [("alpha".to_owned(), "bravo".to_owned())]);
+        // Already connected: nothing happens.
+        w.command("alpha", Command::Connect { target_peer_id: "bravo".into() });
+        w.run_for(Duration::from_secs(1));
+        assert_eq!(w.offers.len(), 1);
+        assert_eq!(w.errors("alpha").len(), 1);
+    }
+
+    #[test]
+    fn mesh_status_follows_the_open_links() {
+        let mut w = World::new(&["alpha", "bravo"]);
+        w.connect("alpha");
+        w.connect("bravo");
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo"])));
+        let of = |w: &World, id: &str| -> Vec<Vec<String>> {
+            w.statuses.iter().filter(|(p, _)| p == id).map(|(_, s)| s.clone()).collect()
+        };
+        assert_eq!(of(&w, "alpha"), [vec![], vec!["bravo".to_owned()]]);
+        let n = w.statuses.len();
+        w.run_for(Duration::from_secs(61));
+        assert_eq!(w.statuses.len(), n + 4, "every 30 s from each");
+        w.kill("bravo", true);
+        w.run_for(Duration::from_millis(100));
+        assert_eq!(of(&w, "alpha").last().unwrap(), &Vec::<String>::new());
+    }
+
+    #[test]
+    fn junk_signaling_is_ignored() {
+        let mut w = pair();
+        let now = w.now;
+        let junk = [
+            "",
+            "nonsense",
+            "[]",
+            r#"{"type":"offer","peer_id":"mallory","target_id":"alpha","payload":{"sdp":"v=0"}}"#,
+            r#"{"type":"offer","peer_id":"mallory","target_id":"alpha","payload":7}"#,
+            r#"{"type":"answer","peer_id":"bravo","target_id":"alpha","payload":{"sdp":"garbage"}}"#,
+            r#"{"type":"ice_candidate","peer_id":"bravo","target_id":"alpha","payload":{"candidate":"garbage"}}"#,
+            r#"{"type":"peer_list","peer_id":"registry","payload":{"peers":"x"}}"#,
+            r#"{"type":"error","peer_id":"registry","payload":{"code":"rate_limited","message":"slow down"}}"#,
+            r#"{"type":"offer","peer_id":"bravo","target_id":"someone-else","payload":{"sdp":"v=0"}}"#,
+            r#"{"type":"surprise","peer_id":"registry"}"#,
+        ];
+        for text in junk {
+            w.mesh("alpha").handle_signal(text, now);
+            w.drain("alpha");
+        }
+        w.run_for(Duration::from_secs(2));
+        assert_eq!(w.link_events("alpha", "bravo"), [true]);
+        w.send("alpha", "bravo", "fine", Value::Null);
+        assert!(w.run_until(Duration::from_secs(1), |w| w.messages("bravo").len() == 1));
+    }
+
+    #[test]
+    fn shutdown_says_goodbye_to_every_peer() {
+        let ids = ["alpha", "bravo", "charlie"];
+        let mut w = World::new(&ids);
+        for id in ids {
+            w.connect(id);
+        }
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&ids)));
+        let now = w.now;
+        w.mesh("bravo").shutdown(now);
+        w.drain("bravo");
+        assert!(w.run_until(Duration::from_secs(1), |w| {
+            !w.connected("alpha", "bravo") && !w.connected("charlie", "bravo")
+        }));
+        assert!(w.run_until(Duration::from_secs(6), |w| w.nodes[1].mesh.is_idle()));
+        assert!(w.connected("alpha", "charlie"));
+    }
+}

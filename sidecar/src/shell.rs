@@ -1,0 +1,385 @@
+//! The smol shell around the mesh core: one UDP socket, the IPC socket, the
+//! signaling client and signals, all on one thread (plus async-io's
+//! reactor thread, SPEC §6.3).
+//!
+//! The node loop follows notes §2: sleep until the socket is readable, the
+//! earliest deadline passes, or a command or signaling frame arrives; after
+//! any wake, drain the socket without blocking, service every due deadline
+//! and take a bounded batch of commands, so no source starves another.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use chatixia_protocol::ipc::Command;
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt};
+use smol::{Async, LocalExecutor, Timer};
+
+use crate::ipc::{self, AgentHub, IpcConfig, IpcSocket};
+use crate::mesh::{AgentId, Mesh, MeshConfig, MeshOutput, RegistryState};
+use crate::signaling::{self, Outgoing, SignalingConfig, SignalingEvent};
+use chatixia_settings::systemd::{self, Notifier};
+
+/// notes pitfall 3: the default 208 KB drops datagrams under load.
+const SOCKET_BUFFER: usize = 1 << 20;
+/// Datagrams read per wake before other work gets its turn.
+const DATAGRAM_BATCH: usize = 256;
+/// Commands and signaling frames taken per wake.
+const INPUT_BATCH: usize = 64;
+const COMMAND_QUEUE: usize = 256;
+const SIGNALING_QUEUE: usize = 1024;
+/// SIGTERM to exit within 2 s (SPEC §6.3): goodbyes get this long.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(800);
+
+pub struct NodeConfig {
+    pub ipc_socket: PathBuf,
+    /// Addresses to offer as host candidates, with the socket's port.
+    pub host_addresses: Vec<IpAddr>,
+    pub mesh: MeshConfig,
+    pub ipc: IpcConfig,
+    pub signaling: SignalingConfig,
+}
+
+/// Runs the sidecar until SIGTERM or SIGINT.
+pub fn run(config: NodeConfig) -> Result<(), String> {
+    let mut notifier = Notifier::from_env();
+    // Bound before the registry is contacted, so an agent can attach at once.
+    let ipc_socket = IpcSocket::bind(&config.ipc_socket)?;
+    let listener = Async::new(ipc_socket.listener.try_clone().map_err(|e| e.to_string())?)
+        .map_err(|e| format!("IPC socket: {e}"))?;
+    log::info!("IPC socket listening at {}", ipc_socket.path().display());
+
+    let udp = bind_udp()?;
+    let port = udp.get_ref().local_addr().map_err(|e| e.to_string())?.port();
+    let dual_stack = udp.get_ref().local_addr().is_ok_and(|a| a.is_ipv6());
+    let candidates: Vec<SocketAddr> = config
+        .host_addresses
+        .iter()
+        .filter(|ip| dual_stack || ip.is_ipv4())
+        .map(|ip| SocketAddr::new(*ip, port))
+        .collect();
+    if candidates.is_empty() {
+        log::warn!("no usable local address for host candidates; links depend on peer-reflexive ones");
+    }
+    log::info!(
+        "UDP port {port}; host candidates: {}",
+        candidates.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+    );
+
+    let signals = async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+
+    let now = Instant::now();
+    let mut mesh = Mesh::new(MeshConfig { seed: fastrand::u64(..), ..config.mesh }, now);
+    mesh.set_local_candidates(candidates);
+    let hub = Rc::new(RefCell::new(AgentHub::new(config.ipc)));
+    let (cmd_tx, cmd_rx) = async_channel::bounded::<(AgentId, Command)>(COMMAND_QUEUE);
+    let (sig_tx, sig_rx) = async_channel::bounded::<SignalingEvent>(SIGNALING_QUEUE);
+    let (out_tx, out_rx) = async_channel::bounded::<Outgoing>(SIGNALING_QUEUE);
+    let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+
+    notifier.ready();
+    notifier.status(status_line(RegistryState::Down, 0));
+
+    let ex = Rc::new(LocalExecutor::new());
+    smol::block_on(ex.run(async {
+        ex.spawn(ipc::serve(ex.clone(), listener, hub.clone(), cmd_tx)).detach();
+        let signaling = ex.spawn(signaling::run(config.signaling, sig_tx, out_rx));
+        ex.spawn(async move {
+            use futures_lite::StreamExt;
+            let mut signals = signals;
+            if let Some(Ok(sig)) = signals.next().await {
+                log::info!("received {sig:?}; shutting down");
+            }
+            let _ = stop_tx.send(()).await;
+        })
+        .detach();
+
+        let mut node =
+            Node { mesh, udp, udp_port: port, udp_v6: dual_stack, hub, out_tx, notifier, buf: vec![0u8; 65_536] };
+        node.run(&cmd_rx, &sig_rx, &stop_rx).await;
+        node.shutdown(&sig_rx).await;
+        // The WebSocket close was requested; give it a moment, not forever.
+        futures_lite::future::or(signaling, async {
+            Timer::after(Duration::from_millis(300)).await;
+        })
+        .await;
+    }));
+    drop(ipc_socket);
+    log::info!("stopped");
+    Ok(())
+}
+
+fn status_line(registry: RegistryState, peers: usize) -> String {
+    format!("registry {}, {peers} peers", registry.as_str())
+}
+
+/// One socket for all peers. Dual-stack when the host has IPv6; the real
+/// destination address of each datagram comes from `IP(V6)_PKTINFO`, because
+/// ICE matches it against our candidates.
+fn bind_udp() -> Result<Async<UdpSocket>, String> {
+    let sock = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
+        .or_else(|_| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+        .map_err(|e| format!("cannot bind a UDP socket: {e}"))?;
+    for (name, result) in [
+        ("SO_RCVBUF", setsockopt(&sock, sockopt::RcvBuf, &SOCKET_BUFFER)),
+        ("SO_SNDBUF", setsockopt(&sock, sockopt::SndBuf, &SOCKET_BUFFER)),
+    ] {
+        if let Err(e) = result {
+            log::warn!("cannot set {name}: {e}");
+        }
+    }
+    let v6 = sock.local_addr().is_ok_and(|a| a.is_ipv6());
+    if v6 {
+        setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true).map_err(|e| format!("IPV6_RECVPKTINFO: {e}"))?;
+    }
+    // Also on the dual-stack socket, where IPv4 datagrams may report it.
+    let v4 = setsockopt(&sock, sockopt::Ipv4PacketInfo, &true);
+    if !v6 {
+        v4.map_err(|e| format!("IP_PKTINFO: {e}"))?;
+    }
+    Async::new(sock).map_err(|e| format!("UDP socket: {e}"))
+}
+
+/// An IPv4 address as the dual-stack socket sees it, and back.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+fn for_socket(addr: SocketAddr, v6_socket: bool) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if v6_socket => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        other => other,
+    }
+}
+
+struct Datagram {
+    len: usize,
+    source: SocketAddr,
+    destination: Option<IpAddr>,
+}
+
+/// One datagram without blocking; `None` when there is none.
+fn recv_datagram(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(nix::libc::in6_pktinfo, nix::libc::in_pktinfo);
+    let msg = match recvmsg::<SockaddrStorage>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT) {
+        Ok(msg) => msg,
+        Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut destination = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::Ipv6PacketInfo(pi) => {
+                    destination = Some(IpAddr::V6(Ipv6Addr::from(pi.ipi6_addr.s6_addr)).to_canonical())
+                }
+                ControlMessageOwned::Ipv4PacketInfo(pi) => {
+                    destination = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr))))
+                }
+                _ => {}
+            }
+        }
+    }
+    let source = msg.address.as_ref().and_then(|a| {
+        if let Some(v4) = a.as_sockaddr_in() {
+            Some(SocketAddr::from((v4.ip(), v4.port())))
+        } else {
+            a.as_sockaddr_in6().map(|v6| SocketAddr::from((v6.ip(), v6.port())))
+        }
+    });
+    let len = msg.bytes;
+    Ok(source.map(|s| Datagram { len, source: canonical(s), destination }))
+}
+
+struct Node {
+    mesh: Mesh,
+    udp: Async<UdpSocket>,
+    /// Facts of `udp`, asked once instead of per datagram.
+    udp_port: u16,
+    udp_v6: bool,
+    hub: Rc<RefCell<AgentHub>>,
+    out_tx: async_channel::Sender<Outgoing>,
+    notifier: Notifier,
+    buf: Vec<u8>,
+}
+
+enum Wake {
+    Socket,
+    Timer,
+    Command((AgentId, Command)),
+    Signaling(SignalingEvent),
+    Stop,
+}
+
+impl Node {
+    async fn run(
+        &mut self,
+        commands: &async_channel::Receiver<(AgentId, Command)>,
+        signaling: &async_channel::Receiver<SignalingEvent>,
+        stop: &async_channel::Receiver<()>,
+    ) {
+        use futures_lite::future::or;
+        let watchdog = systemd::watchdog_interval();
+        let mut next_watchdog = watchdog.map(|w| Instant::now() + w);
+        let mut timer = Timer::never();
+        let mut last_status = (RegistryState::Down, 0);
+        loop {
+            let mut deadline = self.mesh.poll_timeout();
+            if let Some(w) = next_watchdog {
+                deadline = deadline.min(w);
+            }
+            timer.set_at(deadline);
+            let wake = or(
+                async {
+                    let _ = self.udp.readable().await;
+                    Wake::Socket
+                },
+                or(
+                    async {
+                        (&mut timer).await;
+                        Wake::Timer
+                    },
+                    // Signaling before commands: a command must see the
+                    // registry state that was already reported.
+                    or(
+                        async { signaling.recv().await.map_or(Wake::Stop, Wake::Signaling) },
+                        or(async { commands.recv().await.map_or(Wake::Stop, Wake::Command) }, async {
+                            let _ = stop.recv().await;
+                            Wake::Stop
+                        }),
+                    ),
+                ),
+            )
+            .await;
+            let now = Instant::now();
+            match wake {
+                Wake::Stop => return,
+                Wake::Command((agent, cmd)) => self.mesh.handle_command(agent, cmd, now),
+                Wake::Signaling(ev) => self.on_signaling(ev, now),
+                Wake::Socket | Wake::Timer => {}
+            }
+            self.flush();
+            self.service(commands, signaling);
+            if let (Some(at), Some(every)) = (next_watchdog, watchdog)
+                && at <= Instant::now()
+            {
+                self.notifier.watchdog();
+                next_watchdog = Some(Instant::now() + every);
+            }
+            let status = (self.mesh.registry_state(), self.mesh.open_peer_count());
+            if status != last_status {
+                last_status = status;
+                self.notifier.status(status_line(status.0, status.1));
+            }
+        }
+    }
+
+    /// Whatever woke us, everything else that is ready gets its turn too.
+    fn service(
+        &mut self,
+        commands: &async_channel::Receiver<(AgentId, Command)>,
+        signaling: &async_channel::Receiver<SignalingEvent>,
+    ) {
+        self.drain_socket();
+        let now = Instant::now();
+        if self.mesh.poll_timeout() <= now {
+            self.mesh.handle_timeout(now);
+            self.flush();
+        }
+        for _ in 0..INPUT_BATCH {
+            let Ok(ev) = signaling.try_recv() else { break };
+            self.on_signaling(ev, Instant::now());
+            self.flush();
+        }
+        for _ in 0..INPUT_BATCH {
+            let Ok((agent, cmd)) = commands.try_recv() else { break };
+            self.mesh.handle_command(agent, cmd, Instant::now());
+            self.flush();
+        }
+    }
+
+    fn drain_socket(&mut self) {
+        for _ in 0..DATAGRAM_BATCH {
+            match recv_datagram(self.udp.get_ref(), &mut self.buf) {
+                Ok(Some(d)) => {
+                    let Some(ip) = d.destination else {
+                        log::debug!("datagram from {} without its destination address; dropped", d.source);
+                        continue;
+                    };
+                    let now = Instant::now();
+                    let destination = SocketAddr::new(ip, self.udp_port);
+                    self.mesh.handle_datagram(now, d.source, destination, &self.buf[..d.len]);
+                    self.flush();
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // ICMP errors of earlier sends surface here; they concern
+                    // one peer, not the socket.
+                    log::debug!("UDP receive: {e}");
+                }
+            }
+        }
+    }
+
+    fn on_signaling(&mut self, ev: SignalingEvent, now: Instant) {
+        match ev {
+            SignalingEvent::Connecting => self.mesh.handle_registry_connecting(),
+            SignalingEvent::Connected { peer_id } => self.mesh.handle_registry_connected(&peer_id, now),
+            SignalingEvent::Frame(text) => self.mesh.handle_signal(&text, now),
+            SignalingEvent::Down => self.mesh.handle_registry_down(),
+        }
+    }
+
+    fn flush(&mut self) {
+        let v6 = self.udp_v6;
+        while let Some(out) = self.mesh.poll_output() {
+            match out {
+                MeshOutput::Transmit { destination, contents, .. } => {
+                    if let Err(e) = self.udp.get_ref().send_to(&contents, for_socket(destination, v6)) {
+                        // UDP is lossy anyway; SCTP and ICE retransmit.
+                        log::debug!("UDP send to {destination}: {e}");
+                    }
+                }
+                MeshOutput::Signal(env) => {
+                    if self.out_tx.try_send(Outgoing::Frame(env.to_json())).is_err() {
+                        log::warn!("signaling queue full; dropping a {} frame", env.kind);
+                    }
+                }
+                MeshOutput::Event { to, event } => self.hub.borrow_mut().deliver(to, &event),
+            }
+        }
+    }
+
+    /// Says goodbye on every link and closes the WebSocket, within
+    /// [`SHUTDOWN_GRACE`].
+    async fn shutdown(&mut self, signaling: &async_channel::Receiver<SignalingEvent>) {
+        self.notifier.stopping();
+        let end = Instant::now() + SHUTDOWN_GRACE;
+        self.mesh.shutdown(Instant::now());
+        self.flush();
+        let _ = self.out_tx.try_send(Outgoing::Close);
+        while !self.mesh.is_idle() && Instant::now() < end {
+            let deadline = self.mesh.poll_timeout().min(end);
+            futures_lite::future::or(
+                async {
+                    let _ = self.udp.readable().await;
+                },
+                async {
+                    Timer::at(deadline).await;
+                },
+            )
+            .await;
+            while signaling.try_recv().is_ok() {}
+            self.drain_socket();
+            let now = Instant::now();
+            self.mesh.handle_timeout(now);
+            self.flush();
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! The registry client (SPEC §6.2): token exchange, the signaling WebSocket,
+//! keepalive and reconnection. It only moves frames; what they mean is the
+//! mesh core's business.
+//!
+//! Plain `http://` and `ws://` only: TLS would cost several hundred KiB of a
+//! 4 MiB binary budget, and sidecars usually reach the registry on a LAN or
+//! through a TLS-terminating tunnel. Everything runs on the event loop; only
+//! a registry given by name needs a helper thread, for getaddrinfo.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use chatixia_protocol::claims::TokenResponse;
+use futures_lite::StreamExt;
+use smol::{Async, Timer};
+
+use crate::http::{self, HttpUrl};
+
+/// SPEC §6.2.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A connection that lasted this long resets the backoff.
+pub const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// A refused credential is retried this slowly: an operator has to act.
+pub const UNAUTHORIZED_RETRY: Duration = Duration::from_secs(60);
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+pub const PONG_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bounds the token request and the WebSocket handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Registry frames are limited to 64 KiB (SPEC §4.2); this is only a cap on
+/// what a broken server can make us buffer.
+const MAX_FRAME: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    ApiKey(String),
+    DeviceToken(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct SignalingConfig {
+    pub token_url: String,
+    pub signaling_url: String,
+    pub credential: Credential,
+}
+
+/// What the client tells the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalingEvent {
+    /// Getting a token or opening the WebSocket.
+    Connecting,
+    /// The WebSocket is up; we are `peer_id`.
+    Connected { peer_id: String },
+    /// A text frame from the registry.
+    Frame(String),
+    /// The WebSocket is gone; a reconnect follows after a backoff.
+    Down,
+}
+
+/// What the node asks of the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    Frame(String),
+    /// Close the WebSocket cleanly and stop.
+    Close,
+}
+
+/// Exponential backoff with full jitter: each delay is uniform in
+/// `[0, min(max, min·2^n)]`, so a restarted registry is not hit by every
+/// sidecar at the same instant.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff { min, max, attempt: 0 }
+    }
+
+    /// The next delay; `random` is uniform in [0, 1).
+    pub fn next_delay(&mut self, random: f64) -> Duration {
+        let ceiling = self.min.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(random.clamp(0.0, 1.0))
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// `base` with `token=<token>` added to its query, whether or not it
+/// already has one (SPEC §6.2). A fragment is dropped: it never reaches a
+/// server.
+pub fn url_with_token(base: &str, token: &str) -> String {
+    let base = base.split('#').next().unwrap_or(base);
+    let mut url = base.to_owned();
+    if !url.contains('?') {
+        url.push('?');
+    } else if !url.ends_with('?') && !url.ends_with('&') {
+        url.push('&');
+    }
+    url.push_str("token=");
+    for b in token.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url
+}
+
+/// Host and port of a `ws://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+pub fn ws_endpoint(url: &str) -> Result<Endpoint, String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL"))?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "ws" => 80,
+        "wss" => return Err("wss:// is not supported by this build; use ws:// (e.g. through a TLS tunnel)".into()),
+        other => return Err(format!("unsupported scheme {other:?} in SIGNALING_URL; expected ws://")),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (host, port) = http::split_host_port(authority, default_port).map_err(|e| format!("{e} in {url:?}"))?;
+    Ok(Endpoint { host, port })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// 401: the credential is wrong, revoked or not yet known.
+    Unauthorized,
+    Other(String),
+}
+
+/// `POST TOKEN_URL` with the credential header (SPEC §2.2).
+pub async fn exchange_token(url: &str, credential: &Credential) -> Result<TokenResponse, TokenError> {
+    let url = HttpUrl::parse(url).map_err(TokenError::Other)?;
+    let header = match credential {
+        Credential::ApiKey(k) => ("X-API-Key", k.as_str()),
+        Credential::DeviceToken(t) => ("X-Device-Token", t.as_str()),
+    };
+    let request = http::post_empty(&url, header);
+    let (status, body) = futures_lite::future::or(request, async {
+        Timer::after(CONNECT_TIMEOUT).await;
+        Err(format!("no answer within {CONNECT_TIMEOUT:?}"))
+    })
+    .await
+    .map_err(TokenError::Other)?;
+    match status {
+        200 => serde_json::from_slice(&body).map_err(|e| TokenError::Other(format!("bad token response: {e}"))),
+        401 => Err(TokenError::Unauthorized),
+        status => Err(TokenError::Other(format!("token request answered HTTP {status}"))),
+    }
+}
+
+/// Keeps a signaling connection up until told to stop.
+pub async fn run(
+    config: SignalingConfig,
+    events: async_channel::Sender<SignalingEvent>,
+    outgoing: async_channel::Receiver<Outgoing>,
+) {
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    loop {
+        if events.send(SignalingEvent::Connecting).await.is_err() {
+            return;
+        }
+        let wait = match exchange_token(&config.token_url, &config.credential).await {
+            Err(TokenError::Unauthorized) => {
+                log::error!(
+                    "the registry refused our credential (401 from {}); check API_KEY or DEVICE_TOKEN \
+                     (a paired device must be approved). Retrying in {} s",
+                    config.token_url,
+                    UNAUTHORIZED_RETRY.as_secs()
+                );
+                backoff.reset();
+                UNAUTHORIZED_RETRY
+            }
+            Err(TokenError::Other(e)) => {
+                let wait = backoff.next_delay(fastrand::f64());
+                log::warn!("token exchange with {} failed: {e}; retrying in {wait:.1?}", config.token_url);
+                wait
+            }
+            Ok(token) => match connect(&config.signaling_url, &token.token).await {
+                Err(e) => {
+                    let wait = backoff.next_delay(fastrand::f64());
+                    log::warn!("signaling connection to {} failed: {e}; retrying in {wait:.1?}", config.signaling_url);
+                    wait
+                }
+                Ok(ws) => {
+                    // Frames queued for a connection that is gone (answers
+                    // to offers nobody waits for any more) are stale.
+                    while outgoing.try_recv().is_ok() {}
+                    log::info!("connected to the registry as {}", token.peer_id);
+                    if events.send(SignalingEvent::Connected { peer_id: token.peer_id.clone() }).await.is_err() {
+                        return;
+                    }
+                    let started = Instant::now();
+                    let end = session(ws, &events, &outgoing).await;
+                    let _ = events.send(SignalingEvent::Down).await;
+                    if end == SessionEnd::Stop {
+                        return;
+                    }
+                    if started.elapsed() >= STABLE_AFTER {
+                        backoff.reset();
+                    }
+                    let wait = backoff.next_delay(fastrand::f64());
+                    log::warn!("signaling connection lost ({end:?}); reconnecting in {wait:.1?}");
+                    wait
+                }
+            },
+        };
+        // A stop request must not wait out a 60 s retry.
+        let stop = async {
+            loop {
+                match outgoing.recv().await {
+                    Ok(Outgoing::Close) | Err(_) => return true,
+                    Ok(Outgoing::Frame(_)) => {}
+                }
+            }
+        };
+        let sleep = async {
+            Timer::after(wait).await;
+            false
+        };
+        if futures_lite::future::or(stop, sleep).await {
+            return;
+        }
+    }
+}
+
+async fn connect(base: &str, token: &str) -> Result<WebSocketStream<Async<TcpStream>>, String> {
+    let endpoint = ws_endpoint(base)?;
+    let url = url_with_token(base, token);
+    let attempt = async {
+        let tcp = http::connect(&endpoint.host, endpoint.port).await?;
+        let mut config = WebSocketConfig::default();
+        config.read_buffer_size = 8192;
+        config.write_buffer_size = 0;
+        config.max_message_size = Some(MAX_FRAME);
+        config.max_frame_size = Some(MAX_FRAME);
+        async_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config)).await.map(|(ws, _)| ws).map_err(
+            |e| match e {
+                async_tungstenite::tungstenite::Error::Http(r) => {
+                    format!("WebSocket upgrade refused with HTTP {}", r.status())
+                }
+                e => format!("WebSocket handshake failed: {e}"),
+            },
+        )
+    };
+    futures_lite::future::or(attempt, async {
+        Timer::after(CONNECT_TIMEOUT).await;
+        Err(format!("no connection within {CONNECT_TIMEOUT:?}"))
+    })
+    .await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    Stop,
+    ClosedByRegistry,
+    NoPong,
+    Error,
+}
+
+enum Wake {
+    Incoming(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
+    Outgoing(Result<Outgoing, async_channel::RecvError>),
+    Tick,
+}
+
+async fn session(
+    mut ws: WebSocketStream<Async<TcpStream>>,
+    events: &async_channel::Sender<SignalingEvent>,
+    outgoing: &async_channel::Receiver<Outgoing>,
+) -> SessionEnd {
+    let mut next_ping = Instant::now() + PING_INTERVAL;
+    let mut ping_sent: Option<Instant> = None;
+    loop {
+        let deadline = match ping_sent {
+            Some(at) => at + PONG_TIMEOUT,
+            None => next_ping,
+        };
+        let wake = futures_lite::future::or(async { Wake::Incoming(ws.next().await) }, async {
+            futures_lite::future::or(async { Wake::Outgoing(outgoing.recv().await) }, async {
+                Timer::at(deadline).await;
+                Wake::Tick
+            })
+            .await
+        })
+        .await;
+        match wake {
+            Wake::Incoming(Some(Ok(Message::Text(text)))) => {
+                if events.send(SignalingEvent::Frame(text.as_str().to_owned())).await.is_err() {
+                    let _ = ws.close(None).await;
+                    return SessionEnd::Stop;
+                }
+            }
+            Wake::Incoming(Some(Ok(Message::Pong(_)))) => ping_sent = None,
+            Wake::Incoming(Some(Ok(Message::Close(frame)))) => {
+                if let Some(f) = frame {
+                    log::info!("registry closed the connection: {} {}", f.code, f.reason);
+                }
+                return SessionEnd::ClosedByRegistry;
+            }
+            // Pings are answered by tungstenite on the next write or read.
+            Wake::Incoming(Some(Ok(_))) => {}
+            Wake::Incoming(Some(Err(e))) => {
+                log::debug!("signaling read failed: {e}");
+                return SessionEnd::Error;
+            }
+            Wake::Incoming(None) => return SessionEnd::ClosedByRegistry,
+            Wake::Outgoing(Ok(Outgoing::Frame(text))) => {
+                if let Err(e) = ws.send(Message::text(text)).await {
+                    log::debug!("signaling write failed: {e}");
+                    return SessionEnd::Error;
+                }
+            }
+            Wake::Outgoing(Ok(Outgoing::Close) | Err(_)) => {
+                let _ = ws.close(None).await;
+                return SessionEnd::Stop;
+            }
+            Wake::Tick => {
+                if ping_sent.is_some() {
+                    return SessionEnd::NoPong;
+                }
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return SessionEnd::Error;
+                }
+                ping_sent = Some(Instant::now());
+                next_ping = Instant::now() + PING_INTERVAL;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_appended_to_any_query() {
+        assert_eq!(url_with_token("ws://h:8080/ws", "a.b-c_d"), "ws://h:8080/ws?token=a.b-c_d");
+        assert_eq!(url_with_token("ws://h/ws?room=1", "t"), "ws://h/ws?room=1&token=t");
+        assert_eq!(url_with_token("ws://h/ws?", "t"), "ws://h/ws?token=t");
+        assert_eq!(url_with_token("ws://h/ws?a=1&", "t"), "ws://h/ws?a=1&token=t");
+        assert_eq!(url_with_token("ws://h/ws#frag", "t+/="), "ws://h/ws?token=t%2B%2F%3D");
+    }
+
+    #[test]
+    fn endpoints_of_ws_urls() {
+        let e = |u: &str| ws_endpoint(u);
+        assert_eq!(e("ws://localhost:8080/ws").unwrap(), Endpoint { host: "localhost".into(), port: 8080 });
+        assert_eq!(e("ws://example.org/ws?x=1").unwrap(), Endpoint { host: "example.org".into(), port: 80 });
+        assert_eq!(e("WS://[::1]:9000").unwrap(), Endpoint { host: "::1".into(), port: 9000 });
+        assert_eq!(e("ws://u:p@h:1/").unwrap(), Endpoint { host: "h".into(), port: 1 });
+        assert!(e("wss://h/ws").unwrap_err().contains("wss://"));
+        assert!(e("http://h/ws").is_err());
+        assert!(e("ws://:80/").is_err());
+        assert!(e("ws://h:99999/").is_err());
+        assert!(e("nonsense").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_full_jitter_and_resets() {
+        let mut b = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let ceilings: Vec<Duration> = (0..9).map(|_| b.next_delay(1.0)).collect();
+        let ms: Vec<u128> = ceilings.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(b.next_delay(0.0), Duration::ZERO);
+        assert_eq!(b.next_delay(0.5), Duration::from_secs(15));
+        b.reset();
+        assert_eq!(b.next_delay(0.5), Duration::from_millis(250));
+        for _ in 0..100 {
+            b.next_delay(1.0);
+        }
+        assert_eq!(b.next_delay(1.0), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn token_exchange_reports_unreachable_registries() {
+        // Port 9 (discard) on loopback: nothing listens there in a sandbox.
+        let err = smol::block_on(exchange_token("http://127.0.0.1:9/api/token", &Credential::ApiKey("k".into())))
+            .unwrap_err();
+        assert!(matches!(err, TokenError::Other(_)), "{err:?}");
+        let err = smol::block_on(exchange_token("https://h/api/token", &Credential::ApiKey("k".into()))).unwrap_err();
+        assert!(matches!(&err, TokenError::Other(m) if m.contains("https://")), "{err:?}");
+    }
+}
