@@ -1,57 +1,110 @@
-//! The one HTTP request the sidecar makes: `POST TOKEN_URL` (SPEC §2.2).
+//! The sidecar's HTTP requests — the token exchange (SPEC §2.2) and
+//! redeeming a pairing code (§4.3) — plus the TCP connect the signaling
+//! WebSocket uses.
 //!
-//! Written against the async socket directly instead of through an HTTP
-//! client crate: it keeps the request on the event loop (no helper thread,
-//! SPEC §6.3's thread budget) and costs a few KiB of the 4 MiB binary
-//! budget instead of a few hundred. httparse is already linked for the
-//! WebSocket handshake.
+//! HTTP goes through ureq, which blocks: [`post`] runs it on a thread of its
+//! own so the event loop never waits on the network. Not `smol::unblock`:
+//! the `blocking` crate (1.7) keeps an idle pool thread for good — its exit
+//! test `Some(thread_count) > thread_limit` never holds below the 500-thread
+//! limit — which would break the two-thread steady state of SPEC §6.3. A
+//! thread per request (one every few seconds at worst, each bounded by the
+//! request timeout) exits when the request is done.
+//!
+//! Plain `http://` only: ureq's TLS would link rustls and a crypto provider,
+//! several hundred KiB of the 4 MiB binary budget.
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use smol::Async;
 
-/// Responses larger than this are not token responses.
-const MAX_RESPONSE: usize = 64 * 1024;
-const MAX_HEADERS: usize = 64;
+/// Answers larger than this are not token or pairing answers.
+const MAX_RESPONSE: u64 = 64 * 1024;
 
-/// Host, port and path of an `http://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl {
-    pub host: String,
-    pub port: u16,
-    /// Path and query, at least `/`.
-    pub target: String,
+/// Checks that `url` is something this build can request, so that a wrong
+/// scheme is reported once, at startup, instead of on every retry.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL"))?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" => {}
+        "https" => {
+            return Err(format!(
+                "{url}: https:// is not supported by this build (no TLS in the binary); use http://, e.g. \
+                 through a TLS-terminating tunnel"
+            ));
+        }
+        other => return Err(format!("unsupported scheme {other:?} in {url:?}; expected http://")),
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    split_host_port(authority, 80).map(|_| ()).map_err(|e| format!("{e} in {url:?}"))
 }
 
-impl HttpUrl {
-    pub fn parse(url: &str) -> Result<HttpUrl, String> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL"))?;
-        let default_port = match scheme.to_ascii_lowercase().as_str() {
-            "http" => 80,
-            "https" => {
-                return Err("https:// is not supported by this build; use http:// (e.g. through a TLS tunnel)".into());
-            }
-            other => return Err(format!("unsupported scheme {other:?}; expected http://")),
-        };
-        let rest = rest.split('#').next().unwrap_or_default();
-        let (authority, target) = match rest.find(['/', '?']) {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = split_host_port(authority, default_port).map_err(|e| format!("{e} in {url:?}"))?;
-        let target = if target.starts_with('?') { format!("/{target}") } else { target.to_owned() };
-        if target.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(format!("invalid characters in the path of {url:?}"));
-        }
-        Ok(HttpUrl { host, port, target })
-    }
+/// A `POST`: one extra header and an optional JSON body.
+#[derive(Debug, Clone)]
+pub struct Post {
+    pub url: String,
+    pub header: Option<(&'static str, String)>,
+    pub json: Option<serde_json::Value>,
+    /// Bounds the whole request, connect to last byte.
+    pub timeout: Duration,
+}
 
-    /// The `Host` header value.
-    fn host_header(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == 80 { host } else { format!("{host}:{}", self.port) }
+/// Runs `request` off the event loop; returns the status and body.
+/// Non-2xx statuses are answers, not errors.
+pub async fn post(request: Post) -> Result<(u16, Vec<u8>), String> {
+    off_loop(move || post_blocking(&request)).await?
+}
+
+/// Runs blocking `work` on a short-lived thread and awaits its result. If
+/// the caller stops waiting, the thread still ends when `work` does (every
+/// use here is bounded by a timeout) and its result is dropped.
+pub async fn off_loop<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    let (tx, rx) = async_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("chatixia-http".into())
+        .spawn(move || {
+            let _ = tx.try_send(work());
+        })
+        .map_err(|e| format!("cannot start a thread for the request: {e}"))?;
+    rx.recv().await.map_err(|_| "the request thread died".to_owned())
+}
+
+/// [`post`] on the calling thread (the `pair` command has no event loop).
+pub fn post_blocking(request: &Post) -> Result<(u16, Vec<u8>), String> {
+    check_url(&request.url)?;
+    if let Some((name, value)) = &request.header
+        && value.bytes().any(|b| b == b'\r' || b == b'\n')
+    {
+        return Err(format!("the {name} value must not contain line breaks"));
     }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(request.timeout))
+        // Like the signaling WebSocket, which connects directly: a proxy
+        // from the environment would make the two disagree.
+        .proxy(None)
+        // The credential header must not follow a redirect elsewhere.
+        .max_redirects(0)
+        .user_agent(concat!("chatixia-sidecar/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into();
+    let mut builder = agent.post(&request.url).header("Accept", "application/json");
+    if let Some((name, value)) = &request.header {
+        builder = builder.header(*name, value.as_str());
+    }
+    let result = match &request.json {
+        Some(body) => builder.send_json(body),
+        None => builder.send_empty(),
+    };
+    let mut response = result.map_err(|e| format!("request to {} failed: {e}", request.url))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE)
+        .read_to_vec()
+        .map_err(|e| format!("reading the answer of {}: {e}", request.url))?;
+    Ok((status, body))
 }
 
 /// Splits `host[:port]`, `[v6][:port]`, dropping any `user@`.
@@ -79,12 +132,19 @@ pub fn split_host_port(authority: &str, default_port: u16) -> Result<(String, u1
     Ok((host.to_owned(), port))
 }
 
-/// Resolves and connects, trying every address. Literal addresses need no
-/// lookup; names are resolved on smol's blocking pool (getaddrinfo blocks).
+/// Resolves and connects, trying every address (the signaling WebSocket,
+/// which stays on the event loop). Literal addresses need no lookup; names
+/// are resolved on a short-lived thread (getaddrinfo blocks; see
+/// [`off_loop`] for why not smol's pool).
 pub async fn connect(host: &str, port: u16) -> Result<Async<TcpStream>, String> {
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => smol::net::resolve((host, port)).await.map_err(|e| format!("cannot resolve {host}: {e}"))?,
+        Err(_) => {
+            let name = host.to_owned();
+            off_loop(move || std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), port)).map(Vec::from_iter))
+                .await?
+                .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        }
     };
     let mut last = format!("no address for {host}");
     for addr in addrs {
@@ -99,140 +159,25 @@ pub async fn connect(host: &str, port: u16) -> Result<Async<TcpStream>, String> 
     Err(last)
 }
 
-/// `POST url` with an empty body and one extra header; returns the status
-/// and body.
-pub async fn post_empty(url: &HttpUrl, header: (&str, &str)) -> Result<(u16, Vec<u8>), String> {
-    if header.1.bytes().any(|b| b == b'\r' || b == b'\n') {
-        return Err(format!("the {} value must not contain line breaks", header.0));
-    }
-    let mut tcp = connect(&url.host, url.port).await?;
-    let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\n{}: {}\r\nContent-Length: 0\r\nAccept: application/json\r\n\
-         Connection: close\r\nUser-Agent: chatixia-sidecar/{}\r\n\r\n",
-        url.target,
-        url.host_header(),
-        header.0,
-        header.1,
-        env!("CARGO_PKG_VERSION")
-    );
-    tcp.write_all(request.as_bytes()).await.map_err(|e| format!("sending the request: {e}"))?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(done) = parse_response(&buf)? {
-            return Ok(done);
-        }
-        if buf.len() > MAX_RESPONSE {
-            return Err(format!("response larger than {MAX_RESPONSE} bytes"));
-        }
-        let n = tcp.read(&mut chunk).await.map_err(|e| format!("reading the response: {e}"))?;
-        if n == 0 {
-            return parse_response_at_eof(&buf);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// A complete response in `buf`, `None` while more is needed.
-fn parse_response(buf: &[u8]) -> Result<Option<(u16, Vec<u8>)>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("malformed HTTP response: {e}")),
-    };
-    let status = resp.code.unwrap_or(0);
-    let header = |name: &str| {
-        resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value))
-    };
-    let body = &buf[head_len..];
-    if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
-        return Ok(decode_chunked(body)?.map(|b| (status, b)));
-    }
-    match header("content-length") {
-        Some(len) => {
-            let len: usize = len.trim().parse().map_err(|_| "bad Content-Length".to_owned())?;
-            Ok((body.len() >= len).then(|| (status, body[..len].to_vec())))
-        }
-        // Without a length the body ends with the connection.
-        None => Ok(None),
-    }
-}
-
-fn parse_response_at_eof(buf: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => Ok((resp.code.unwrap_or(0), buf[n..].to_vec())),
-        _ => Err("connection closed before a complete response".into()),
-    }
-}
-
-/// The body of a complete chunked encoding, `None` while incomplete.
-fn decode_chunked(mut data: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let mut body = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
-        let size_text = std::str::from_utf8(&data[..eol]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(Some(body));
-        }
-        if data.len() < size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
 
     #[test]
-    fn parses_http_urls() {
-        let u = HttpUrl::parse("http://localhost:8080/api/token").unwrap();
-        assert_eq!(u, HttpUrl { host: "localhost".into(), port: 8080, target: "/api/token".into() });
-        assert_eq!(u.host_header(), "localhost:8080");
-        let u = HttpUrl::parse("HTTP://[::1]/t?x=1#f").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.target.as_str()), ("::1", 80, "/t?x=1"));
-        assert_eq!(u.host_header(), "[::1]");
-        assert_eq!(HttpUrl::parse("http://h").unwrap().target, "/");
-        assert_eq!(HttpUrl::parse("http://h?q").unwrap().target, "/?q");
-        assert!(HttpUrl::parse("https://h/").unwrap_err().contains("https://"));
-        assert!(HttpUrl::parse("ftp://h/").is_err());
-        assert!(HttpUrl::parse("http://h:x/").is_err());
-        assert!(HttpUrl::parse("http:///x").is_err());
-        assert!(HttpUrl::parse("http://h/a b").is_err());
+    fn only_http_urls_pass() {
+        assert!(check_url("http://localhost:8080/api/token").is_ok());
+        assert!(check_url("HTTP://[::1]/t?x=1#f").is_ok());
+        assert!(check_url("http://h").is_ok());
+        assert!(check_url("https://h/").unwrap_err().contains("https:// is not supported"));
+        assert!(check_url("ftp://h/").is_err());
+        assert!(check_url("http://h:x/").is_err());
+        assert!(check_url("http:///x").is_err());
+        assert!(check_url("nonsense").is_err());
     }
 
-    #[test]
-    fn parses_responses_by_length_chunks_or_eof() {
-        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
-        assert_eq!(parse_response(r).unwrap(), Some((200, b"hello".to_vec())));
-        assert_eq!(parse_response(&r[..r.len() - 1]).unwrap(), None);
-        assert_eq!(
-            parse_response(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n").unwrap(),
-            Some((401, vec![]))
-        );
-        let c = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_response(c).unwrap(), Some((200, b"abcde".to_vec())));
-        assert_eq!(parse_response(&c[..c.len() - 7]).unwrap(), None);
-        let e = b"HTTP/1.0 200 OK\r\n\r\nuntil eof";
-        assert_eq!(parse_response(e).unwrap(), None);
-        assert_eq!(parse_response_at_eof(e).unwrap(), (200, b"until eof".to_vec()));
-        assert!(parse_response(b"garbage\r\n\r\n").is_err());
-        assert!(parse_response_at_eof(b"HTTP/1.1 200").is_err());
-        assert!(decode_chunked(b"zz\r\n").is_err());
-    }
-
-    #[test]
-    fn posts_with_the_header_and_reads_the_answer() {
+    /// A one-shot server: returns the request it read; answers `answer`.
+    fn serve_once(answer: &'static [u8]) -> (u16, std::thread::JoinHandle<String>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
@@ -243,23 +188,59 @@ mod tests {
                 let n = s.read(&mut b).unwrap();
                 req.extend_from_slice(&b[..n]);
             }
-            // Answer in two pieces, as a slow server would.
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"a\"").unwrap();
-            s.flush().unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            s.write_all(b":\"ok\"}").unwrap();
-            String::from_utf8(req).unwrap()
+            let text = String::from_utf8(req).unwrap();
+            // The rest of a JSON body, if one was announced.
+            let len = text
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            let head_len = text.find("\r\n\r\n").unwrap() + 4;
+            let mut body = text.as_bytes()[head_len..].to_vec();
+            while body.len() < len {
+                let n = s.read(&mut b).unwrap();
+                body.extend_from_slice(&b[..n]);
+            }
+            s.write_all(answer).unwrap();
+            format!("{}{}", &text[..head_len], String::from_utf8_lossy(&body))
         });
-        let url = HttpUrl::parse(&format!("http://127.0.0.1:{port}/api/token?x=1")).unwrap();
-        let (status, body) = smol::block_on(post_empty(&url, ("X-API-Key", "k-1"))).unwrap();
+        (port, server)
+    }
+
+    #[test]
+    fn posts_with_the_header_off_the_event_loop() {
+        let (port, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{\"a\":\"ok\"}");
+        let request = Post {
+            url: format!("http://127.0.0.1:{port}/api/token?x=1"),
+            header: Some(("X-API-Key", "k-1".into())),
+            json: None,
+            timeout: Duration::from_secs(10),
+        };
+        let (status, body) = smol::block_on(post(request.clone())).unwrap();
         assert_eq!((status, body.as_slice()), (200, &b"{\"a\":\"ok\"}"[..]));
         let req = server.join().unwrap();
         assert!(req.starts_with("POST /api/token?x=1 HTTP/1.1\r\n"), "{req}");
-        assert!(req.contains(&format!("\r\nHost: 127.0.0.1:{port}\r\n")), "{req}");
-        assert!(req.contains("\r\nX-API-Key: k-1\r\n"), "{req}");
-        assert!(req.contains("\r\nContent-Length: 0\r\n"), "{req}");
+        assert!(req.to_ascii_lowercase().contains("\r\nx-api-key: k-1\r\n"), "{req}");
 
-        let err = smol::block_on(post_empty(&url, ("X-API-Key", "a\r\nX-Evil: 1"))).unwrap_err();
+        let evil = Post { header: Some(("X-API-Key", "a\r\nX-Evil: 1".into())), ..request };
+        let err = smol::block_on(post(evil)).unwrap_err();
         assert!(err.contains("line breaks"), "{err}");
+    }
+
+    #[test]
+    fn sends_json_and_returns_error_statuses_as_answers() {
+        let (port, server) = serve_once(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\n\r\n{\"error\":\"x\"}");
+        let request = Post {
+            url: format!("http://127.0.0.1:{port}/api/pairing/pair"),
+            header: None,
+            json: Some(serde_json::json!({"code": "123456"})),
+            timeout: Duration::from_secs(10),
+        };
+        let (status, body) = post_blocking(&request).unwrap();
+        assert_eq!((status, body.as_slice()), (401, &b"{\"error\":\"x\"}"[..]));
+        let req = server.join().unwrap();
+        let body: serde_json::Value = serde_json::from_str(&req[req.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        assert_eq!(body, serde_json::json!({"code": "123456"}), "{req}");
+        assert!(req.to_ascii_lowercase().contains("content-type: application/json"), "{req}");
     }
 }

@@ -4,6 +4,7 @@ pub mod http;
 pub mod ipc;
 pub mod mesh;
 pub mod net;
+pub mod pair;
 pub mod peer;
 pub mod shell;
 pub mod signaling;

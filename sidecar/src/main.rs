@@ -8,6 +8,7 @@ use chatixia_settings::{ParseError, Setting, Settings};
 use chatixia_sidecar::ipc::IpcConfig;
 use chatixia_sidecar::mesh::MeshConfig;
 use chatixia_sidecar::net::local_host_addresses;
+use chatixia_sidecar::pair;
 use chatixia_sidecar::peer::{DEFAULT_MAX_MESSAGE_BYTES, LinkConfig};
 use chatixia_sidecar::shell::{self, NodeConfig};
 use chatixia_sidecar::signaling::{Credential, SignalingConfig};
@@ -36,11 +37,24 @@ const SETTINGS: &[Setting] = &[
     Setting::switch("CHATIXIA_DEV", "use the development key ak_dev_001 when no credential is set").with_flag("--dev"),
 ];
 
+const PAIR_SETTINGS: &[Setting] = &[
+    Setting::value("REGISTRY_URL", None, "the registry, e.g. http://gateway:8080").with_flag("--registry"),
+    Setting::value("PAIRING_CODE", None, "the 6-digit code an admin generated").with_flag("--code"),
+    Setting::value("DEVICE_NAME", None, "a name for this device, shown to the admin").with_flag("--name"),
+    Setting::value("STATE_DIR", None, "where the device token goes [default: $STATE_DIRECTORY or ./chatixia-state]"),
+];
+
+const PAIR_ABOUT: &str = "redeem a pairing code and store the device token for the daemon (exit 0 paired, \
+                          1 refused or unreachable, 2 bad usage)";
+
 const ABOUT: &str = "per-agent daemon of chatixia-mesh edge: WebRTC DataChannel mesh bridged to a Unix socket";
 /// SPEC §5.3.
 const MESSAGE_CEILING: usize = 256 * 1024;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("pair") {
+        return pair_main();
+    }
     let settings = match chatixia_settings::from_process("chatixia-sidecar", ABOUT, SETTINGS) {
         Ok(s) => s,
         Err(ParseError::Help(text)) => {
@@ -74,6 +88,75 @@ fn main() -> ExitCode {
     }
 }
 
+/// `chatixia-sidecar pair --registry URL --code NNNNNN --name NAME`
+/// (SPEC §4.3). Prints what the admin needs to approve, never the token.
+fn pair_main() -> ExitCode {
+    let dotenv = std::fs::read_to_string(".env").map(|t| chatixia_settings::parse_dotenv(&t)).unwrap_or_default();
+    let args = std::env::args().skip(2);
+    let program = "chatixia-sidecar pair";
+    let settings = match chatixia_settings::resolve(
+        program,
+        PAIR_ABOUT,
+        PAIR_SETTINGS,
+        args,
+        |k| std::env::var(k).ok(),
+        &dotenv,
+    ) {
+        Ok(s) => s,
+        Err(ParseError::Help(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(ParseError::Invalid(msg)) => {
+            eprintln!("{program}: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let (Some(registry), Some(code), Some(name)) =
+        (settings.get("REGISTRY_URL"), settings.get("PAIRING_CODE"), settings.get("DEVICE_NAME"))
+    else {
+        eprintln!("{program}: --registry, --code and --name are required (see --help)");
+        return ExitCode::from(2);
+    };
+    if let Some(extra) = settings.positional.first() {
+        eprintln!("{program}: unexpected argument {extra:?} (see --help)");
+        return ExitCode::from(2);
+    }
+    let paired = match pair::redeem(registry, code, name) {
+        Ok(p) => p,
+        Err(msg) => {
+            eprintln!("{program}: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dir = pair::state_dir(settings.get("STATE_DIR"));
+    let path = match pair::store_token(&dir, &paired.device_token) {
+        Ok(path) => path,
+        Err(e) => {
+            // The registry will not hand the token out again: the entry is
+            // useless now, and the admin should reject it.
+            eprintln!(
+                "{program}: paired as entry {}, but storing the device token in {} failed: {e}; ask the admin to \
+                 reject entry {} and pair again",
+                pair::printable(&paired.id),
+                dir.display(),
+                pair::printable(&paired.id)
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("entry id: {}", pair::printable(&paired.id));
+    println!("peer_id:  {}", pair::printable(&paired.peer_id));
+    println!("status:   {}", pair::printable(&paired.status));
+    println!("device token stored in {} (mode 0600)", path.display());
+    println!(
+        "Start the sidecar with the same state directory; it joins the mesh once an admin runs \
+         `chatixia-registry admin approve {}`.",
+        pair::printable(&paired.id)
+    );
+    ExitCode::SUCCESS
+}
+
 fn list(settings: &Settings, name: &str) -> Vec<String> {
     settings
         .get(name)
@@ -85,12 +168,11 @@ fn configure(settings: &Settings) -> Result<NodeConfig, String> {
     if let Some(extra) = settings.positional.first() {
         return Err(format!("unexpected argument {extra:?} (see --help)"));
     }
-    let state_dir = settings
-        .get("STATE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("chatixia-state"));
+    let state_dir = pair::state_dir(settings.get("STATE_DIR"));
     let credential = credential(settings, &state_dir)?;
+    let token_url = settings.get("TOKEN_URL").unwrap_or("http://localhost:8080/api/token");
+    // Said once here: the retry loop would otherwise repeat it forever.
+    chatixia_sidecar::http::check_url(token_url).map_err(|e| format!("TOKEN_URL: {e}"))?;
 
     let ipc_socket = match settings.get("IPC_SOCKET") {
         Some(p) => PathBuf::from(p),
@@ -154,7 +236,7 @@ fn configure(settings: &Settings) -> Result<NodeConfig, String> {
         mesh: MeshConfig { link, ..MeshConfig::default() },
         ipc: IpcConfig::default(),
         signaling: SignalingConfig {
-            token_url: settings.get("TOKEN_URL").unwrap_or("http://localhost:8080/api/token").to_owned(),
+            token_url: token_url.to_owned(),
             signaling_url: settings.get("SIGNALING_URL").unwrap_or("ws://localhost:8080/ws").to_owned(),
             credential,
         },
@@ -170,7 +252,7 @@ fn credential(settings: &Settings, state_dir: &std::path::Path) -> Result<Creden
     if let Some(token) = settings.get("DEVICE_TOKEN") {
         return Ok(Credential::DeviceToken(token.to_owned()));
     }
-    let stored = state_dir.join("device_token");
+    let stored = state_dir.join(pair::TOKEN_FILE);
     if let Ok(text) = std::fs::read_to_string(&stored)
         && !text.trim().is_empty()
     {

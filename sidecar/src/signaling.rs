@@ -4,8 +4,9 @@
 //!
 //! Plain `http://` and `ws://` only: TLS would cost several hundred KiB of a
 //! 4 MiB binary budget, and sidecars usually reach the registry on a LAN or
-//! through a TLS-terminating tunnel. Everything runs on the event loop; only
-//! a registry given by name needs a helper thread, for getaddrinfo.
+//! through a TLS-terminating tunnel. The WebSocket runs on the event loop;
+//! the token exchange (ureq, blocking) and name lookups each run on a
+//! short-lived thread that exits when they are done (see [`http`]).
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use chatixia_protocol::claims::TokenResponse;
 use futures_lite::StreamExt;
 use smol::{Async, Timer};
 
-use crate::http::{self, HttpUrl};
+use crate::http;
 
 /// SPEC §6.2.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -143,20 +144,15 @@ pub enum TokenError {
     Other(String),
 }
 
-/// `POST TOKEN_URL` with the credential header (SPEC §2.2).
+/// `POST TOKEN_URL` with the credential header (SPEC §2.2), off the event
+/// loop (see [`http`]).
 pub async fn exchange_token(url: &str, credential: &Credential) -> Result<TokenResponse, TokenError> {
-    let url = HttpUrl::parse(url).map_err(TokenError::Other)?;
     let header = match credential {
-        Credential::ApiKey(k) => ("X-API-Key", k.as_str()),
-        Credential::DeviceToken(t) => ("X-Device-Token", t.as_str()),
+        Credential::ApiKey(k) => ("X-API-Key", k.clone()),
+        Credential::DeviceToken(t) => ("X-Device-Token", t.clone()),
     };
-    let request = http::post_empty(&url, header);
-    let (status, body) = futures_lite::future::or(request, async {
-        Timer::after(CONNECT_TIMEOUT).await;
-        Err(format!("no answer within {CONNECT_TIMEOUT:?}"))
-    })
-    .await
-    .map_err(TokenError::Other)?;
+    let request = http::Post { url: url.to_owned(), header: Some(header), json: None, timeout: CONNECT_TIMEOUT };
+    let (status, body) = http::post(request).await.map_err(TokenError::Other)?;
     match status {
         200 => serde_json::from_slice(&body).map_err(|e| TokenError::Other(format!("bad token response: {e}"))),
         401 => Err(TokenError::Unauthorized),

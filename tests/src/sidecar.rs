@@ -50,7 +50,6 @@ impl Sidecar {
     fn launch(port: u16, dir: &Path, api_key: &str, socket: &Path, env: &[(String, String)]) -> Proc {
         let mut cmd = Command::new(bin_path("chatixia-sidecar"));
         cmd.current_dir(dir)
-            .env("API_KEY", api_key)
             .env("TOKEN_URL", format!("http://127.0.0.1:{port}/api/token"))
             .env("SIGNALING_URL", format!("ws://127.0.0.1:{port}/ws"))
             .env("IPC_SOCKET", socket)
@@ -64,6 +63,12 @@ impl Sidecar {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env("RUST_LOG", std::env::var("CHATIXIA_E2E_LOG").unwrap_or_else(|_| "info".into()));
+        // An empty key means none: the sidecar falls back to its device token.
+        if api_key.is_empty() {
+            cmd.env_remove("API_KEY");
+        } else {
+            cmd.env("API_KEY", api_key);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -50,6 +50,8 @@ fn channels_outlive_the_registry_and_newcomers_join_once_it_is_back() {
     let dir = Scratch::new("sc-regdown");
     let mut reg = Registry::start_default(dir.path());
     let alpha = Sidecar::start(&reg, dir.path(), "key-alpha", "alpha");
+    // bravo must be the newcomer (the offerer): the last assertions count offers.
+    alpha.proc.wait_for_line("connected to the registry as alpha");
     let bravo = Sidecar::start(&reg, dir.path(), "key-bravo", "bravo");
     let mut a = alpha.agent();
     let mut b = bravo.agent();

@@ -1,0 +1,151 @@
+//! `chatixia-sidecar pair`: redeems a pairing code (SPEC §4.3) and keeps the
+//! device token in the state directory, where the daemon finds it.
+//!
+//! The token is the device's only credential and the registry hands it out
+//! once, so it is written atomically (a crash leaves the old file or the new
+//! one, never half of one) and readable by the owner only.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::http;
+
+/// Name of the token file in the state directory.
+pub const TOKEN_FILE: &str = "device_token";
+/// Longer than any token the registry issues (`dt_` + 32 hex), short enough
+/// that a broken answer cannot fill the disk.
+const MAX_TOKEN_LEN: usize = 256;
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The state directory: `STATE_DIR`, else systemd's `$STATE_DIRECTORY`
+/// (the first, if it lists several), else `./chatixia-state`.
+pub fn state_dir(explicit: Option<&str>) -> PathBuf {
+    if let Some(dir) = explicit {
+        return PathBuf::from(dir);
+    }
+    match std::env::var_os("STATE_DIRECTORY") {
+        Some(dirs) => {
+            let dirs = dirs.to_string_lossy().into_owned();
+            PathBuf::from(dirs.split(':').next().unwrap_or_default())
+        }
+        None => PathBuf::from("chatixia-state"),
+    }
+}
+
+/// What `POST /api/pairing/pair` answers (SPEC §4.3).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Paired {
+    pub id: String,
+    pub status: String,
+    pub peer_id: String,
+    pub device_token: String,
+}
+
+/// Redeems `code` at the registry whose base URL is `registry`. A refusal
+/// comes back as the registry's own error text.
+pub fn redeem(registry: &str, code: &str, name: &str) -> Result<Paired, String> {
+    let base = registry.trim().trim_end_matches('/');
+    let url = format!("{base}/api/pairing/pair");
+    let request = http::Post {
+        url: url.clone(),
+        header: None,
+        json: Some(serde_json::json!({"code": code, "agent_name": name})),
+        timeout: TIMEOUT,
+    };
+    let (status, body) = http::post_blocking(&request).map_err(|e| format!("cannot reach the registry: {e}"))?;
+    if status != 200 {
+        return Err(format!("the registry refused (HTTP {status}): {}", error_text(&body)));
+    }
+    let paired: Paired = serde_json::from_slice(&body).map_err(|e| format!("unexpected answer from {url}: {e}"))?;
+    // The token goes into a file and then into an HTTP header: anything but
+    // plain visible ASCII would be a broken or hostile registry.
+    let token = &paired.device_token;
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("the registry at {url} answered an unusable device token"));
+    }
+    Ok(paired)
+}
+
+/// The `error` field of a JSON refusal, else the start of the body, made
+/// safe to print.
+fn error_text(body: &[u8]) -> String {
+    let text = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().chars().take(200).collect());
+    printable(&text)
+}
+
+/// Control characters replaced: registry text goes to a terminal.
+pub fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// Writes `token` to `dir/device_token` with mode 0600: a temporary file,
+/// fsync, rename over the old one, fsync of the directory (so the rename
+/// itself survives a power cut). Creates `dir` (0700) if needed.
+pub fn store_token(dir: &Path, token: &str) -> std::io::Result<PathBuf> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let path = dir.join(TOKEN_FILE);
+    let tmp = dir.join(format!(".{TOKEN_FILE}.{}.tmp", std::process::id()));
+    let written = (|| {
+        // create_new: never write through a file (or link) that was already there.
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        file.write_all(token.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map(|()| path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn stores_the_token_privately_and_replaces_an_old_one() {
+        let dir = std::env::temp_dir().join(format!("chatixia-pair-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let state = dir.join("nested/state");
+        let path = store_token(&state, "dt_old").unwrap();
+        assert_eq!(path, state.join(TOKEN_FILE));
+        store_token(&state, "dt_0123").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "dt_0123\n");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+        let names: Vec<_> = fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [TOKEN_FILE], "no temporary file is left behind");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn refusals_are_reported_with_the_registry_text() {
+        assert_eq!(error_text(br#"{"error":"invalid or expired pairing code"}"#), "invalid or expired pairing code");
+        assert_eq!(error_text(b"plain\x1b[31m text"), "plain?[31m text");
+        assert_eq!(error_text(b""), "");
+    }
+
+    #[test]
+    fn state_dir_prefers_the_explicit_setting() {
+        assert_eq!(state_dir(Some("/x/y")), PathBuf::from("/x/y"));
+    }
+
+    #[test]
+    fn unreachable_or_https_registries_are_errors() {
+        let err = redeem("https://h:1", "123456", "n").unwrap_err();
+        assert!(err.contains("https:// is not supported"), "{err}");
+        let err = redeem("http://127.0.0.1:9/", "123456", "n").unwrap_err();
+        assert!(err.contains("cannot reach"), "{err}");
+    }
+}
