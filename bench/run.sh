@@ -3,7 +3,8 @@
 # on 127.0.0.1 and prints each figure next to its budget. Not a test: run it
 # on an otherwise quiet machine.
 #
-#   bench/run.sh [SECTION] [OPTIONS]    SECTION: registry (default) or all
+#   bench/run.sh [SECTION] [OPTIONS]    SECTION: registry (default), sidecar or all
+#   bench/run.sh sidecar --quick        idle CPU over 10 s instead of 60 s
 #   bench/run.sh --help
 #
 # Builds the release binaries the section starts, then the bench itself
@@ -16,7 +17,8 @@ cd "$(dirname "$0")/.."
 section=${1:-registry}
 case "$section" in
     registry) packages="-p chatixia-registry" ;;
-    # Sections added later (sidecar) start more binaries: build them all.
+    sidecar) packages="-p chatixia-registry -p chatixia-sidecar" ;;
+    # all (and anything else, which the bench rejects): build every binary.
     *) packages="--workspace" ;;
 esac
 # shellcheck disable=SC2086 # $packages is a list of arguments

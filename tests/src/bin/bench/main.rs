@@ -18,6 +18,7 @@
 
 mod registry;
 mod report;
+mod sidecar;
 
 use report::Report;
 use std::process::ExitCode;
@@ -25,8 +26,10 @@ use std::process::ExitCode;
 type Section = fn(&mut Report, &[String]) -> Result<(), String>;
 
 /// name, what it measures, entry point.
-const SECTIONS: &[(&str, &str, Section)] =
-    &[("registry", "registry RSS idle and with 1,000 clients, relay throughput and latency", registry::run)];
+const SECTIONS: &[(&str, &str, Section)] = &[
+    ("registry", "registry RSS idle and with 1,000 clients, relay throughput and latency", registry::run),
+    ("sidecar", "sidecar RSS, threads, idle CPU, start to peer_connected, round trip, throughput, mesh", sidecar::run),
+];
 
 fn usage() -> String {
     let mut text = String::from(
@@ -38,6 +41,8 @@ fn usage() -> String {
     }
     text.push_str("\nregistry options:\n");
     text.push_str(registry::OPTIONS);
+    text.push_str("\nsidecar options:\n");
+    text.push_str(sidecar::OPTIONS);
     text
 }
 

@@ -60,6 +60,11 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 let n = it.next().and_then(|v| v.parse().ok()).filter(|n| (1..=2).contains(n));
                 opts.client_threads = n.ok_or("--client-threads takes 1 or 2")?;
             }
+            // The sidecar section's options (`bench all --quick`); no registry figure is long.
+            "--quick" => {}
+            "--window" => {
+                it.next();
+            }
             other => return Err(format!("unknown registry option {other:?}")),
         }
     }

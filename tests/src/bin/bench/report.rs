@@ -11,12 +11,20 @@ pub enum Unit {
     PerSec(&'static str),
     /// Nanoseconds, printed in ms.
     Ms,
+    /// Nanoseconds, printed in µs.
+    Us,
+    /// A percentage, printed as is.
+    Percent(&'static str),
+    /// A plain count.
+    Count(&'static str),
 }
 
 #[derive(Debug, Clone, Copy)]
 pub enum Budget {
     AtMost(f64),
     AtLeast(f64),
+    /// Exactly this value.
+    Exactly(f64),
     /// Reported for context; counts neither way.
     None,
 }
@@ -35,6 +43,7 @@ impl Report {
         let verdict = match budget {
             Budget::AtMost(limit) => Some((format!("≤ {}", format_value(limit, unit, true)), value <= limit)),
             Budget::AtLeast(limit) => Some((format!("≥ {}", format_value(limit, unit, true)), value >= limit)),
+            Budget::Exactly(want) => Some((format!("= {}", format_value(want, unit, true)), value == want)),
             Budget::None => None,
         };
         match verdict {
@@ -65,6 +74,18 @@ fn format_value(value: f64, unit: Unit, compact: bool) -> String {
             let ms = value / 1e6;
             if compact && ms.fract() == 0.0 { format!("{ms:.0} ms") } else { format!("{ms:.3} ms") }
         }
+        Unit::Us => {
+            let us = value / 1e3;
+            if compact && us.fract() == 0.0 { format!("{us:.0} µs") } else { format!("{us:.1} µs") }
+        }
+        Unit::Percent(what) => {
+            if compact {
+                format!("{value} % {what}")
+            } else {
+                format!("{value:.3} % {what}")
+            }
+        }
+        Unit::Count(what) => format!("{} {what}", thousands(value.round() as u64)),
     }
 }
 
@@ -112,6 +133,25 @@ pub fn machine_cpu() -> Result<(u64, u64), String> {
     // user nice system idle iowait irq softirq steal
     let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
     Ok((busy, busy + at(3) + at(4)))
+}
+
+/// Number of threads of a process (entries of /proc/PID/task).
+pub fn threads(pid: u32) -> Result<usize, String> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| format!("/proc/{pid}/task: {e}"))?;
+    Ok(dir.count())
+}
+
+/// Names of a process's threads (/proc/PID/task/*/comm), sorted.
+pub fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// The 1-minute load average.
@@ -173,6 +213,9 @@ mod tests {
         assert_eq!(format_value(4.0 * 1024.0 * 1024.0, Unit::MiB, true), "4 MiB");
         assert_eq!(format_value(50_000.0, Unit::PerSec("frames"), true), "50,000 frames/s");
         assert_eq!(format_value(1_000_000.0, Unit::Ms, true), "1 ms");
+        assert_eq!(format_value(250_000.0, Unit::Us, true), "250 µs");
+        assert_eq!(format_value(0.1, Unit::Percent("of one core"), true), "0.1 % of one core");
+        assert_eq!(format_value(2.0, Unit::Count("threads"), true), "2 threads");
         let v: Vec<u64> = (1..=100).collect();
         assert_eq!(percentile(&v, 50.0), 50);
         assert_eq!(percentile(&v, 99.0), 99);
