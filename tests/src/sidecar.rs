@@ -2,14 +2,13 @@
 //! `chatixia-sidecar` at a test registry on loopback, and a blocking IPC
 //! client that plays the agent.
 
-use crate::{Proc, Registry, TIMEOUT, bin_path};
+use crate::{Proc, Registry, TIMEOUT, bin_command};
 use serde_json::{Value, json};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -48,7 +47,7 @@ impl Sidecar {
     }
 
     fn launch(port: u16, dir: &Path, api_key: &str, socket: &Path, env: &[(String, String)]) -> Proc {
-        let mut cmd = Command::new(bin_path("chatixia-sidecar"));
+        let mut cmd = bin_command("chatixia-sidecar");
         cmd.current_dir(dir)
             .env("TOKEN_URL", format!("http://127.0.0.1:{port}/api/token"))
             .env("SIGNALING_URL", format!("ws://127.0.0.1:{port}/ws"))
