@@ -35,3 +35,12 @@ echo "== cargo test"
 cargo test --workspace --locked
 echo "== systemd units"
 systemd/verify.sh "$PWD/target/debug"
+# The same suite for aarch64 under qemu-user, with static binaries (installs
+# Debian's cross toolchain on first use). CHATIXIA_SKIP_QEMU=1 skips it on a
+# developer machine; CI always runs it.
+if [[ ${CHATIXIA_SKIP_QEMU:-} == 1 && ${CI:-} != true ]]; then
+    echo "== aarch64 suite under qemu: SKIPPED (CHATIXIA_SKIP_QEMU=1)"
+else
+    echo "== aarch64 suite under qemu"
+    cross/test.sh
+fi

@@ -143,6 +143,8 @@ fn malformed_agent_input_gets_errors_and_the_connection_stays() {
     // Blank lines are ignored, not errors.
     a.send_raw(b"\n\r\n");
     assert_eq!(a.list_peers(), Vec::<String>::new());
+    // The peer_id is known once the token exchange is done (slow under qemu).
+    alpha.proc.wait_for_line("connected to the registry as alpha");
     assert_eq!(a.status()["peer_id"], "alpha");
 }
 
