@@ -33,4 +33,4 @@ for f in dist/*/chatixia-*; do
         "$(awk -v s="$(stat -c %s "$f")" 'BEGIN {printf "%.2f", s / 1048576}')"
 done
 echo "armv7: $armv7"
-file dist/*/chatixia-* 2>/dev/null | sed 's/,.*BuildID[^,]*//' || true
+file dist/*/chatixia-* 2>/dev/null | sed 's/, BuildID\[sha1\]=[0-9a-f]*//' || true
