@@ -10,7 +10,7 @@ use chatixia_registry::ratelimit::Rate;
 use chatixia_registry::shell::{self, ShellConfig};
 use chatixia_registry::state::StateDir;
 use chatixia_registry::token::TokenIssuer;
-use chatixia_settings::{ParseError, Setting, Settings};
+use chatixia_settings::{Setting, Settings};
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
@@ -39,21 +39,10 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("admin") {
         return admin::main();
     }
-    let settings = match chatixia_settings::from_process("chatixia-registry", ABOUT, SETTINGS) {
+    let settings = match chatixia_settings::daemon_settings("chatixia-registry", ABOUT, SETTINGS) {
         Ok(s) => s,
-        Err(ParseError::Help(text)) => {
-            print!("{text}");
-            return ExitCode::SUCCESS;
-        }
-        Err(ParseError::Invalid(msg)) => {
-            eprintln!("chatixia-registry: {msg}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    env_logger::Builder::new()
-        .parse_filters(settings.get("RUST_LOG").unwrap_or("info"))
-        .format_timestamp_millis()
-        .init();
     match start(&settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {

@@ -175,6 +175,28 @@ pub fn from_process(program: &str, about: &str, settings: &[Setting]) -> Result<
     resolve(program, about, settings, std::env::args().skip(1), |k| std::env::var(k).ok(), &dotenv)
 }
 
+/// [`from_process`] for a daemon's `main`: `--help` prints the usage and a
+/// bad flag its error, each ending the process with the right status (0 or
+/// 2); otherwise the settings, with logging set up from `RUST_LOG`.
+pub fn daemon_settings(program: &str, about: &str, settings: &[Setting]) -> Result<Settings, std::process::ExitCode> {
+    let resolved = match from_process(program, about, settings) {
+        Ok(s) => s,
+        Err(ParseError::Help(text)) => {
+            print!("{text}");
+            return Err(std::process::ExitCode::SUCCESS);
+        }
+        Err(ParseError::Invalid(msg)) => {
+            eprintln!("{program}: {msg}");
+            return Err(std::process::ExitCode::from(2));
+        }
+    };
+    env_logger::Builder::new()
+        .parse_filters(resolved.get("RUST_LOG").unwrap_or("info"))
+        .format_timestamp_millis()
+        .init();
+    Ok(resolved)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

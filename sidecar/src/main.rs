@@ -55,21 +55,10 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("pair") {
         return pair_main();
     }
-    let settings = match chatixia_settings::from_process("chatixia-sidecar", ABOUT, SETTINGS) {
+    let settings = match chatixia_settings::daemon_settings("chatixia-sidecar", ABOUT, SETTINGS) {
         Ok(s) => s,
-        Err(ParseError::Help(text)) => {
-            print!("{text}");
-            return ExitCode::SUCCESS;
-        }
-        Err(ParseError::Invalid(msg)) => {
-            eprintln!("chatixia-sidecar: {msg}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    env_logger::Builder::new()
-        .parse_filters(settings.get("RUST_LOG").unwrap_or("info"))
-        .format_timestamp_millis()
-        .init();
     let config = match configure(&settings) {
         Ok(c) => c,
         Err(msg) => {
