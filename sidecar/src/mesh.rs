@@ -21,7 +21,7 @@ use chatixia_protocol::signaling::{
 };
 use serde_json::Value;
 
-use crate::peer::{LinkConfig, LinkError, LinkOutput, PeerLink, SendError};
+use crate::peer::{LinkConfig, LinkError, LinkOutput, PeerLink, SendError, clip};
 
 /// Identifies one attached agent for replies to its own commands.
 pub type AgentId = u64;
@@ -39,8 +39,6 @@ const IDLE_WAKEUP: Duration = Duration::from_secs(3600);
 const MAX_CONNECTIONS: usize = 512;
 /// Bound on peers remembered from a `peer_list`.
 const MAX_LISTED: usize = 4096;
-/// Network-provided text is cut to this length in log lines.
-const LOG_TEXT_LIMIT: usize = 120;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegistryState {
@@ -891,13 +889,6 @@ impl Mesh {
         self.rng ^= self.rng >> 27;
         let x = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
         (x >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-fn clip(s: &str) -> &str {
-    match s.char_indices().nth(LOG_TEXT_LIMIT) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
 

@@ -875,7 +875,8 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     format!("panic in str0m: {msg}")
 }
 
-fn clip(s: &str) -> &str {
+/// Cuts network-provided text for a log line.
+pub(crate) fn clip(s: &str) -> &str {
     match s.char_indices().nth(LOG_TEXT_LIMIT) {
         Some((i, _)) => &s[..i],
         None => s,
