@@ -195,11 +195,17 @@ impl Registry {
         Authorization { keys: &self.keys, pairing: &self.pairing }
     }
 
+    /// The hub together with the authorization it must consult, borrowed
+    /// apart so a hub call can read the keys and pairing entries.
+    pub fn hub_with_authz(&mut self) -> (&mut Hub, Authorization<'_>) {
+        (&mut self.hub, Authorization { keys: &self.keys, pairing: &self.pairing })
+    }
+
     /// Swaps in a reloaded keys file and drops sockets that lost their key.
     pub fn replace_keys(&mut self, keys: KeyStore) {
         self.keys = keys;
-        let Registry { hub, keys, pairing, .. } = self;
-        hub.handle_authorization_changed(&Authorization { keys, pairing });
+        let (hub, authz) = self.hub_with_authz();
+        hub.handle_authorization_changed(&authz);
     }
 
     /// Replaces the pairing store with one read back from the state
@@ -349,9 +355,9 @@ impl Registry {
             ("POST", ["api", "pairing", id, "approve"]) => match self.pairing.approve(id, now.wall) {
                 Ok(entry) => {
                     log::info!("{admin} approved device {:?} ({}, entry {id})", entry.agent_name, entry.peer_id);
-                    let Registry { hub, keys, pairing, .. } = self;
+                    let (hub, authz) = self.hub_with_authz();
                     // Pushes a fresh peer_list to the device if it is connected.
-                    hub.handle_authorization_changed(&Authorization { keys, pairing });
+                    hub.handle_authorization_changed(&authz);
                     ApiResponse::ok(json!({"id": entry.id, "status": entry.status, "peer_id": entry.peer_id}))
                 }
                 Err(_) => ApiResponse::json(404, &json!({"error": "not found or not pending"})),
@@ -414,8 +420,8 @@ impl Registry {
     /// Closes the sockets of a device that was just rejected or revoked and
     /// tells the others it left.
     fn shut_out(&mut self, peer_id: &str) {
-        let Registry { hub, keys, pairing, .. } = self;
-        hub.handle_revoked(peer_id, &Authorization { keys, pairing });
+        let (hub, authz) = self.hub_with_authz();
+        hub.handle_revoked(peer_id, &authz);
     }
 
     /// `generate-code` needs any valid API key (compatible) or an admin JWT;

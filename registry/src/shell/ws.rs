@@ -51,9 +51,8 @@ where
     shared.conns.borrow_mut().insert(conn, ConnHandle { tx, close: close.clone(), stop });
     {
         let mut registry = shared.registry.borrow_mut();
-        let registry = &mut *registry;
-        let authz = crate::api::Authorization { keys: &registry.keys, pairing: &registry.pairing };
-        registry.hub.handle_connect(conn, &identity, &authz, now().mono);
+        let (hub, authz) = registry.hub_with_authz();
+        hub.handle_connect(conn, &identity, &authz, now().mono);
     }
     shared.dispatch();
     log::info!("peer {} connected from {peer} (connection {conn})", identity.peer_id);
@@ -66,9 +65,8 @@ where
             match msg {
                 Ok(Message::Text(text)) => {
                     let mut registry = shared.registry.borrow_mut();
-                    let registry = &mut *registry;
-                    let authz = crate::api::Authorization { keys: &registry.keys, pairing: &registry.pairing };
-                    registry.hub.handle_frame(conn, text.as_str(), &authz, t.mono, t.unix_ms());
+                    let (hub, authz) = registry.hub_with_authz();
+                    hub.handle_frame(conn, text.as_str(), &authz, t.mono, t.unix_ms());
                 }
                 Ok(Message::Binary(_)) => shared.registry.borrow_mut().hub.handle_binary(conn, t.mono),
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {
@@ -133,9 +131,8 @@ where
     shared.conns.borrow_mut().remove(&conn);
     {
         let mut registry = shared.registry.borrow_mut();
-        let registry = &mut *registry;
-        let authz = crate::api::Authorization { keys: &registry.keys, pairing: &registry.pairing };
-        registry.hub.handle_disconnect(conn, &authz);
+        let (hub, authz) = registry.hub_with_authz();
+        hub.handle_disconnect(conn, &authz);
     }
     shared.dispatch();
     log::info!("peer {} disconnected (connection {conn})", identity.peer_id);
