@@ -73,12 +73,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
 
 pub fn run(report: &mut Report, args: &[String]) -> Result<(), String> {
     let opts = parse(args)?;
-    let bin = chatixia_e2e::bin_path("chatixia-registry");
-    let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
-    report.note(&format!("registry binary {} ({} bytes)", bin.display(), report::thousands(size)));
-    if !bin.components().any(|c| c.as_os_str() == "release") {
-        report.note("warning: that is not in a release directory; budgets are for release builds");
-    }
+    report.note_binary("chatixia-registry");
     // The registries inherit this environment; say what would change them.
     for name in ["WS_RATE_LIMIT", "WS_SEND_QUEUE", "MAX_CONNECTIONS", "STATE_DIR", "STATE_DIRECTORY", "RUST_LOG"] {
         if let Ok(value) = std::env::var(name) {

@@ -58,6 +58,17 @@ impl Report {
         }
     }
 
+    /// Notes which binary of `name` a section measures and its size, with a
+    /// warning when it is not a release build (budgets are for those).
+    pub fn note_binary(&self, name: &str) {
+        let bin = chatixia_e2e::bin_path(name);
+        let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+        self.note(&format!("{name} binary {} ({} bytes)", bin.display(), thousands(size)));
+        if !bin.components().any(|c| c.as_os_str() == "release") {
+            self.note("warning: that is not in a release directory; budgets are for release builds");
+        }
+    }
+
     pub fn note(&self, text: &str) {
         println!("#   {text}");
     }

@@ -80,12 +80,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
 
 pub fn run(report: &mut Report, args: &[String]) -> Result<(), String> {
     let opts = parse(args)?;
-    let bin = chatixia_e2e::bin_path("chatixia-sidecar");
-    let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
-    report.note(&format!("sidecar binary {} ({} bytes)", bin.display(), report::thousands(size)));
-    if !bin.components().any(|c| c.as_os_str() == "release") {
-        report.note("warning: that is not in a release directory; budgets are for release builds");
-    }
+    report.note_binary("chatixia-sidecar");
     for name in ["MAX_MESSAGE_BYTES", "TURN_URL", "ICE_TRANSPORT_POLICY", "RUST_LOG"] {
         if let Ok(value) = std::env::var(name) {
             report.note(&format!("warning: {name}={value} is set here and applies unless the bench sets it"));
