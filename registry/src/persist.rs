@@ -14,7 +14,7 @@
 //! joins later as a new file without a migration of the others. The kinds
 //! are independent, so nothing needs to change two files at once.
 //!
-//! Each file is replaced whole through [`crate::state::StateDir::write_atomic`]
+//! Each file is replaced whole through [`crate::state::StateDir::write_atomic`] (`chatixia_settings::durable`)
 //! (temporary file, fsync, rename, fsync of the directory), so after a crash
 //! it holds either the old or the new document. The shell writes after the
 //! core has changed a kind (its revision moved) and before it answers the

@@ -3,9 +3,8 @@
 //! renamed over the target, and the directory fsynced, so a `kill -9` at any
 //! moment leaves either the old or the new content, never a torn file.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub const SECRET_FILE: &str = "signaling-secret";
@@ -47,22 +46,8 @@ impl StateDir {
 
     /// Replaces `name` atomically and durably with `bytes`, mode 0600.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
-        let target = self.file(name);
-        let tmp = self.file(&format!(".{name}.tmp"));
-        let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", target.display());
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| fail("create a temporary file for", e))?;
-        f.write_all(bytes).map_err(|e| fail("write", e))?;
-        f.sync_all().map_err(|e| fail("fsync", e))?;
-        drop(f);
-        fs::rename(&tmp, &target).map_err(|e| fail("rename into", e))?;
-        File::open(&self.path).and_then(|d| d.sync_all()).map_err(|e| fail("fsync the directory of", e))?;
-        Ok(())
+        chatixia_settings::durable::replace_file(&self.path, name, bytes)
+            .map_err(|e| format!("cannot write {}: {e}", self.file(name).display()))
     }
 
     /// The signing secret kept in the state directory, generated on first

@@ -5,6 +5,7 @@
 //! Kept dependency-free and tiny: the sidecar's binary budget is 4 MiB.
 //! [`systemd`] is the other piece of process glue both daemons share.
 
+pub mod durable;
 pub mod systemd;
 
 use std::collections::HashMap;

@@ -5,9 +5,8 @@
 //! once, so it is written atomically (a crash leaves the old file or the new
 //! one, never half of one) and readable by the owner only.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::DirBuilder;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -91,26 +90,14 @@ pub fn printable(s: &str) -> String {
 /// itself survives a power cut). Creates `dir` (0700) if needed.
 pub fn store_token(dir: &Path, token: &str) -> std::io::Result<PathBuf> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let path = dir.join(TOKEN_FILE);
-    let tmp = dir.join(format!(".{TOKEN_FILE}.{}.tmp", std::process::id()));
-    let written = (|| {
-        // create_new: never write through a file (or link) that was already there.
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        file.write_all(token.as_bytes())?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written.map(|()| path)
+    chatixia_settings::durable::replace_file(dir, TOKEN_FILE, format!("{token}\n").as_bytes())?;
+    Ok(dir.join(TOKEN_FILE))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
