@@ -3,6 +3,7 @@
 //! [`ApiResponse`]; WebSocket events go to [`Registry::hub`].
 
 use crate::agents::{AgentInfo, AgentRegistry, Heartbeat};
+use crate::dashboard::Asset;
 use crate::hub::{Authorize, Hub, HubConfig};
 use crate::ice;
 use crate::keys::KeyStore;
@@ -289,6 +290,9 @@ impl Registry {
             String::new()
         };
         match (req.method, seg) {
+            ("GET", [""]) => Asset::Page.response(),
+            ("GET", ["dashboard.js"]) => Asset::Script.response(),
+            ("GET", ["dashboard.css"]) => Asset::Style.response(),
             ("GET", ["healthz"]) => ApiResponse::ok(json!({"status": "ok"})),
             ("GET", ["metrics"]) => {
                 let mut r = ApiResponse::text(200, self.metrics(now));
@@ -833,6 +837,66 @@ mod tests {
         assert!(ok.headers.contains(&("access-control-allow-origin", "http://ok".into())));
         let no = listed.handle_http(&ApiRequest { origin: Some("http://evil"), ..req("GET", "/healthz") }, t);
         assert!(!no.headers.iter().any(|(h, _)| *h == "access-control-allow-origin"));
+    }
+
+    #[test]
+    fn the_dashboard_and_its_assets_are_served_with_strict_headers() {
+        let mut r = registry(ApiConfig::default());
+        let t = now();
+        for (path, content_type, needle) in [
+            ("/", "text/html; charset=utf-8", r#"<script src="/dashboard.js" defer></script>"#),
+            ("/dashboard.js", "text/javascript; charset=utf-8", "sessionStorage"),
+            ("/dashboard.css", "text/css; charset=utf-8", "svg.mesh"),
+        ] {
+            let resp = r.handle_http(&req("GET", path), t);
+            assert_eq!((resp.status, resp.content_type), (200, content_type), "{path}");
+            let header = |name: &str| resp.headers.iter().find(|(h, _)| *h == name).map(|(_, v)| v.as_str());
+            assert_eq!(header("cache-control"), Some("no-cache"), "{path}");
+            assert_eq!(header("x-content-type-options"), Some("nosniff"), "{path}");
+            assert_eq!(header("x-frame-options"), Some("DENY"), "{path}");
+            let csp = header("content-security-policy").unwrap();
+            assert!(csp.starts_with("default-src 'self';"), "{csp}");
+            assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+            assert!(!csp.contains("unsafe-") && !csp.contains('*'), "{csp}");
+            assert!(String::from_utf8(resp.body).unwrap().contains(needle), "{path}");
+            // CORS as on any other non-admin route.
+            assert!(resp.headers.contains(&("access-control-allow-origin", "*".into())), "{path}");
+        }
+        for (method, path) in [("POST", "/"), ("DELETE", "/"), ("GET", "/index.html"), ("GET", "/dashboard.js/x")] {
+            assert_eq!(r.handle_http(&req(method, path), t).status, 404, "{method} {path}");
+        }
+        let mut listed = registry(ApiConfig { cors_origins: Some(vec!["http://ok".into()]), ..ApiConfig::default() });
+        let evil = listed.handle_http(&ApiRequest { origin: Some("http://evil"), ..req("GET", "/") }, t);
+        assert_eq!(evil.status, 200);
+        assert!(!evil.headers.iter().any(|(h, _)| *h == "access-control-allow-origin"));
+    }
+
+    #[test]
+    fn the_dashboard_loads_nothing_from_elsewhere_and_never_parses_server_text_as_markup() {
+        use crate::dashboard::{APP_JS, INDEX_HTML, STYLE_CSS};
+        // The SVG namespace name is an identifier for createElementNS, not
+        // something the browser loads; it is the only URL allowed.
+        let svg_ns = "\"http://www.w3.org/2000/svg\"";
+        assert_eq!(APP_JS.matches(svg_ns).count(), 1);
+        let js = APP_JS.replace(svg_ns, "");
+        for (name, text) in [("index.html", INDEX_HTML), ("app.js", js.as_str()), ("style.css", STYLE_CSS)] {
+            for banned in ["http://", "https://", "//cdn", "@import", "url("] {
+                assert!(!text.contains(banned), "{name} contains {banned:?}");
+            }
+        }
+        for banned in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function("] {
+            assert!(!APP_JS.contains(banned), "app.js uses {banned}");
+        }
+        // Nothing inline, which the Content-Security-Policy would block.
+        assert_eq!(INDEX_HTML.matches("<script").count(), 1);
+        assert!(!INDEX_HTML.contains("<style") && !INDEX_HTML.contains("style="));
+        let inline_handler = INDEX_HTML.split(" on").skip(1).any(|rest| {
+            let name: String = rest.chars().take_while(char::is_ascii_lowercase).collect();
+            !name.is_empty() && rest[name.len()..].starts_with('=')
+        });
+        assert!(!inline_handler, "an on…= attribute in index.html");
+        let total = INDEX_HTML.len() + APP_JS.len() + STYLE_CSS.len();
+        assert!(total < 30 * 1024, "the dashboard is {total} bytes");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod dashboard;
 pub mod hub;
 pub mod ice;
 pub mod keys;
