@@ -216,7 +216,7 @@
     }
     const W = 640, H = 400, cx = W / 2, cy = H / 2;
     const n = peers.length;
-    const ring = n === 1 ? 0 : Math.min(W, H) / 2 - 64;
+    const ring = n === 1 ? 0 : Math.min(W, H) / 2 - 52;
     const dot = n > 40 ? 5 : n > 16 ? 8 : 12;
     const labels = n <= 40;
     peers.forEach((p, i) => {
@@ -245,17 +245,21 @@
       g.append(svg("title", {}, tip.filter(Boolean).join("\n")));
       g.append(svg("circle", { cx: p.x.toFixed(1), cy: p.y.toFixed(1), r: dot }));
       if (labels) {
-        const off = n === 1 ? 0 : dot + 6;
-        const anchor = n === 1 ? "middle" : p.cos > 0.3 ? "start" : p.cos < -0.3 ? "end" : "middle";
-        let x = p.x + off * p.cos, y = p.y + off * p.sin + 4;
-        if (n === 1) y = p.y + dot + 16;
-        else if (anchor === "middle") y += p.sin > 0 ? 10 : -4;
-        const text = svg("text", { x: x.toFixed(1), y: y.toFixed(1), "text-anchor": anchor }, clip(name, 22));
-        g.append(text);
-        if (p.names.length && p.peer) {
-          g.append(svg("text", { x: x.toFixed(1), y: (y + 13).toFixed(1), "text-anchor": anchor, class: "peer" },
-            clip(p.peer, 22)));
-        }
+        // Name, and the sidecar peer id below it when that says more; set
+        // outside the ring: beside a node on the sides, above or below it
+        // at the top and bottom.
+        const lines = [clip(name, 22)];
+        if (p.names.length && p.peer && name !== p.peer) lines.push(clip(p.peer, 22));
+        const lh = 15, gap = dot + 6;
+        const side = n > 1 && Math.abs(p.cos) > 0.3;
+        const anchor = !side ? "middle" : p.cos > 0 ? "start" : "end";
+        const x = side ? p.x + gap * p.cos : p.x;
+        let y;
+        if (side) y = p.y + gap * p.sin + 5 - ((lines.length - 1) * lh) / 2;
+        else if (n > 1 && p.sin < 0) y = p.y - gap - (lines.length - 1) * lh;
+        else y = p.y + gap + 11;
+        lines.forEach((line, i) => g.append(svg("text",
+          { x: x.toFixed(1), y: (y + i * lh).toFixed(1), "text-anchor": anchor, class: i ? "peer" : "" }, line)));
       }
       root.append(g);
     }
@@ -302,7 +306,7 @@
     $("devices-locked").hidden = true;
     $("devices-table").hidden = false;
     if (!entries.length) {
-      $("devices").replaceChildren(empty(6, "No paired devices. Generate an invite code to pair one."));
+      $("devices").replaceChildren(empty(5, "No paired devices. Generate an invite code to pair one."));
       return;
     }
     $("devices").replaceChildren(...entries.slice(0, MAX_DEVICES).map((e) => {
@@ -312,8 +316,9 @@
       } else if (e.status === "approved") {
         actions.append(button("Revoke", "bad", () => act(e, "revoke")));
       }
-      return row([el("strong", e.agent_name), mono(e.peer_id), badge(e.status), fromEpoch(e.created_at),
-        e.invited_by || "—", actions]);
+      const tr = row([el("strong", e.agent_name), mono(e.peer_id), badge(e.status), fromEpoch(e.created_at), actions]);
+      tr.title = `entry ${e.id}, invited by ${e.invited_by || "?"}, last change ${fromEpoch(e.updated_at)}`;
+      return tr;
     }));
   }
   function button(label, cls, onclick) {
@@ -344,9 +349,10 @@
       const cmd = `chatixia-sidecar pair --registry ${location.origin} --code ${r.code} --name <device-name>`;
       out.replaceChildren(
         el("span", r.code, "code"),
-        el("span", ` single use, valid until ${until.toLocaleTimeString()}. On the device: `, "muted"),
+        el("span", ` single use, valid until ${until.toLocaleTimeString()}. On the device:`, "muted"),
         el("code", cmd),
       );
+      out.hidden = false;
     } catch (err) {
       if (err.status !== 401 && err.status !== 403) notice(`No code: ${err.message}`, true);
     }
