@@ -377,6 +377,7 @@
       status.textContent = `updated ${new Date().toLocaleTimeString()}`;
       status.className = "muted";
     }
+    clearTimeout(timer); // another refresh may have finished meanwhile: keep one loop
     timer = setTimeout(tick, REFRESH_MS);
   }
   function tick() {
