@@ -80,6 +80,9 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
 
     let now = Instant::now();
     let mut mesh = Mesh::new(MeshConfig { seed: fastrand::u64(..), ..config.mesh }, now);
+    if !config.stun_servers.is_empty() && candidates.is_empty() {
+        log::info!("no host candidate to be the base of a server-reflexive one; not asking STUN servers");
+    }
     let stun = (!config.stun_servers.is_empty() && !candidates.is_empty()).then(|| Stun {
         gatherer: Gatherer::new(GathererConfig::default(), candidates.clone()),
         servers: config.stun_servers,
