@@ -110,6 +110,8 @@ fn the_sidecar_announces_the_server_reflexive_address() {
         assert!(offer_has_host, "the offer came first and carried the host candidate");
         assert!(found.contains(" raddr "), "{found}");
         saw_line(&bravo, "server-reflexive address 192.0.2.7:");
+        // The MAPPED-ADDRESS of the answer made str0m's codec say nothing.
+        assert!(!bravo.proc.log().contains("WARN"), "{}", bravo.proc.log());
     });
 }
 
