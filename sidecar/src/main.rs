@@ -23,7 +23,11 @@ const SETTINGS: &[Setting] = &[
         None,
         "agent socket [default: $RUNTIME_DIRECTORY/sidecar.sock or /tmp/chatixia-sidecar.sock]",
     ),
-    Setting::value("STUN_URLS", Some("stun:stun.l.google.com:19302"), "comma-separated STUN servers"),
+    Setting::value(
+        "STUN_URLS",
+        Some("stun:stun.l.google.com:19302"),
+        "comma-separated stun: URLs for server-reflexive candidates (empty: none)",
+    ),
     Setting::value("TURN_URL", None, "TURN server (not supported by this WebRTC stack)"),
     Setting::value("TURN_SECRET", None, "TURN REST secret"),
     Setting::value("TURN_USERNAME", None, "TURN username"),
@@ -203,10 +207,14 @@ fn configure(settings: &Settings) -> Result<NodeConfig, String> {
         None => local_host_addresses(allow_loopback),
     };
 
-    if !list(settings, "STUN_URLS").is_empty() {
+    // Empty disables; bad entries are logged and skipped.
+    let stun_servers = chatixia_sidecar::stun::parse_stun_urls(settings.get("STUN_URLS").unwrap_or(""));
+    if stun_servers.is_empty() {
+        log::info!("no STUN servers: links use host and peer-reflexive candidates only");
+    } else {
         log::info!(
-            "STUN_URLS is set, but server-reflexive candidates are not gathered yet: links use host and \
-             peer-reflexive candidates, which covers LANs and one-sided NAT"
+            "STUN servers for server-reflexive candidates: {}",
+            stun_servers.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
         );
     }
     let relay = settings.get("ICE_TRANSPORT_POLICY").is_some_and(|p| p.eq_ignore_ascii_case("relay"));
@@ -222,6 +230,7 @@ fn configure(settings: &Settings) -> Result<NodeConfig, String> {
     Ok(NodeConfig {
         ipc_socket,
         host_addresses,
+        stun_servers,
         mesh: MeshConfig { link, ..MeshConfig::default() },
         ipc: IpcConfig::default(),
         signaling: SignalingConfig {

@@ -39,6 +39,9 @@ const IDLE_WAKEUP: Duration = Duration::from_secs(3600);
 const MAX_CONNECTIONS: usize = 512;
 /// Bound on peers remembered from a `peer_list`.
 const MAX_LISTED: usize = 4096;
+/// Server-reflexive candidates given to new links; the oldest goes first (a
+/// NAT mapping that changed).
+const MAX_SRFLX: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegistryState {
@@ -129,6 +132,8 @@ pub struct Mesh {
     peer_id: Option<String>,
     registry: RegistryState,
     local_candidates: Vec<SocketAddr>,
+    /// Server-reflexive candidates as (address, base), from STUN.
+    srflx_candidates: VecDeque<(SocketAddr, SocketAddr)>,
     conns: Vec<Conn>,
     peers: BTreeMap<String, PeerState>,
     /// The peers of the last `peer_list`.
@@ -153,6 +158,7 @@ impl Mesh {
             peer_id: None,
             registry: RegistryState::Down,
             local_candidates: Vec::new(),
+            srflx_candidates: VecDeque::new(),
             conns: Vec::new(),
             peers: BTreeMap::new(),
             listed: BTreeSet::new(),
@@ -170,6 +176,29 @@ impl Mesh {
     /// trickled. Links made earlier keep theirs.
     pub fn set_local_candidates(&mut self, addrs: Vec<SocketAddr>) {
         self.local_candidates = addrs;
+    }
+
+    /// A server-reflexive candidate learned from a STUN server, `base` being
+    /// the host candidate it maps. Links still connecting get it at once
+    /// (trickled like host candidates, with the real mid); links made later
+    /// get it right after their offer or answer. Open links need no more
+    /// candidates. Host candidates never wait for this.
+    pub fn add_srflx_candidate(&mut self, addr: SocketAddr, base: SocketAddr, now: Instant) {
+        self.touch(now);
+        if self.local_candidates.contains(&addr) || self.srflx_candidates.contains(&(addr, base)) {
+            return;
+        }
+        if self.srflx_candidates.len() == MAX_SRFLX {
+            self.srflx_candidates.pop_front();
+        }
+        self.srflx_candidates.push_back((addr, base));
+        for idx in 0..self.conns.len() {
+            let c = &self.conns[idx];
+            if self.is_current(c) && !c.opened && !c.reported_end && c.link.is_alive() {
+                self.trickle_srflx(idx, addr, base);
+                self.pump(idx, now);
+            }
+        }
     }
 
     /// Our peer_id, once the registry told us who we are.
@@ -497,6 +526,7 @@ impl Mesh {
         self.send_sdp(types::ANSWER, peer, answer, id);
         log::info!("answered the offer of {peer}");
         if let Some(idx) = self.index(id) {
+            self.trickle_all_srflx(idx);
             self.pump(idx, now);
         }
         self.reap(now);
@@ -552,6 +582,7 @@ impl Mesh {
         self.send_sdp(types::OFFER, peer, offer, id);
         log::info!("offered to {peer}");
         if let Some(idx) = self.index(id) {
+            self.trickle_all_srflx(idx);
             self.pump(idx, now);
         }
     }
@@ -570,6 +601,28 @@ impl Mesh {
         for candidate in candidates {
             let payload = IceCandidatePayload { candidate, sdp_mid: mid.clone(), sdp_mline_index: Some(0) };
             self.signal(types::ICE_CANDIDATE, Some(peer), serde_json::to_value(payload).unwrap_or(Value::Null));
+        }
+    }
+
+    /// Gives a new link every known server-reflexive candidate, after its
+    /// SDP went out (the remote must know the link before its candidates).
+    fn trickle_all_srflx(&mut self, idx: usize) {
+        let known: Vec<(SocketAddr, SocketAddr)> = self.srflx_candidates.iter().copied().collect();
+        for (addr, base) in known {
+            self.trickle_srflx(idx, addr, base);
+        }
+    }
+
+    /// Adds one server-reflexive candidate to a link and trickles it. str0m
+    /// may refuse it (e.g. redundant with a candidate it has); that is fine.
+    fn trickle_srflx(&mut self, idx: usize, addr: SocketAddr, base: SocketAddr) {
+        let peer = self.conns[idx].peer.clone();
+        match self.conns[idx].link.add_local_srflx_candidate(addr, base) {
+            Some(payload) => {
+                log::debug!("trickling server-reflexive candidate {addr} to {peer}");
+                self.signal(types::ICE_CANDIDATE, Some(&peer), serde_json::to_value(payload).unwrap_or(Value::Null));
+            }
+            None => log::debug!("server-reflexive candidate {addr} (base {base}) not used for {peer}"),
         }
     }
 
@@ -945,6 +998,8 @@ mod tests {
         statuses: Vec<(String, Vec<String>)>,
         /// Registers of these peers go unanswered.
         swallow_register: HashSet<String>,
+        /// Every relayed `ice_candidate`, as (from, to, candidate line).
+        candidates: Vec<(String, String, String)>,
     }
 
     fn node_addr(i: usize, generation: u16) -> SocketAddr {
@@ -982,6 +1037,7 @@ mod tests {
                 offers: Vec::new(),
                 statuses: Vec::new(),
                 swallow_register: HashSet::new(),
+                candidates: Vec::new(),
             }
         }
 
@@ -1035,6 +1091,10 @@ mod tests {
                     let target = env.target_id.clone().expect("relayed frames have a target");
                     if env.kind == types::OFFER {
                         self.offers.push((env.peer_id.clone(), target.clone()));
+                    }
+                    if env.kind == types::ICE_CANDIDATE {
+                        let c: IceCandidatePayload = serde_json::from_value(env.payload.clone()).unwrap();
+                        self.candidates.push((env.peer_id.clone(), target.clone(), c.candidate));
                     }
                     if self.nodes.iter().any(|n| n.id == target && n.ws) {
                         self.frames.push_back(Frame { at, to: target, text: env.to_json() });
@@ -1324,6 +1384,56 @@ mod tests {
         }
         w.command("charlie", Command::ListPeers);
         assert_eq!(w.last_reply("charlie"), Event::PeerList { peers: vec!["alpha".into(), "bravo".into()] });
+        assert_alternating(&w);
+    }
+
+    /// The server-reflexive candidate lines `from` trickled to `to`.
+    fn srflx_sent(w: &World, from: &str, to: &str) -> Vec<String> {
+        w.candidates
+            .iter()
+            .filter(|(f, t, c)| f == from && t == to && c.contains("typ srflx"))
+            .map(|(_, _, c)| c.clone())
+            .collect()
+    }
+
+    #[test]
+    fn srflx_learned_later_reaches_connecting_links_and_new_ones() {
+        let ids = ["alpha", "bravo", "charlie"];
+        let mut w = World::new(&ids);
+        w.connect("alpha");
+        w.run_for(Duration::from_millis(10));
+        w.connect("bravo");
+        // bravo's offer is out; the link exists and is still connecting.
+        assert!(w.run_until(Duration::from_secs(1), |w| !w.offers.is_empty()));
+        assert!(!w.connected("bravo", "alpha"));
+        let host_b = w.nodes[1].addr;
+        let srflx_b: SocketAddr = "203.0.113.20:41000".parse().unwrap();
+        let now = w.now;
+        // Our own host address is not a server-reflexive one.
+        w.mesh("bravo").add_srflx_candidate(host_b, host_b, now);
+        w.mesh("bravo").add_srflx_candidate(srflx_b, host_b, now);
+        w.mesh("bravo").add_srflx_candidate(srflx_b, host_b, now);
+        w.drain("bravo");
+        let sent = srflx_sent(&w, "bravo", "alpha");
+        assert_eq!(sent.len(), 1, "{:?}", w.candidates);
+        assert!(sent[0].contains("203.0.113.20 41000 typ srflx raddr"), "{}", sent[0]);
+        // Unreachable (TEST-NET) srflx candidates do not get in the way.
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo"])));
+
+        // Open links need no more candidates.
+        let later: SocketAddr = "203.0.113.20:41001".parse().unwrap();
+        let now = w.now;
+        w.mesh("bravo").add_srflx_candidate(later, host_b, now);
+        w.drain("bravo");
+        assert_eq!(srflx_sent(&w, "bravo", "alpha").len(), 1);
+
+        // A link made later (bravo answers charlie) gets both at once.
+        w.connect("charlie");
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&ids)));
+        let to_charlie = srflx_sent(&w, "bravo", "charlie");
+        assert_eq!(to_charlie.len(), 2, "{to_charlie:?}");
+        assert!(to_charlie.iter().any(|c| c.contains("41000")) && to_charlie.iter().any(|c| c.contains("41001")));
+        assert!(srflx_sent(&w, "alpha", "charlie").is_empty(), "alpha learned none");
         assert_alternating(&w);
     }
 

@@ -8,10 +8,12 @@
 //! and take a bounded batch of commands, so no source starves another.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,7 @@ use smol::{Async, LocalExecutor, Timer};
 use crate::ipc::{self, AgentHub, IpcConfig, IpcSocket};
 use crate::mesh::{AgentId, Mesh, MeshConfig, MeshOutput, RegistryState};
 use crate::signaling::{self, Outgoing, SignalingConfig, SignalingEvent};
+use crate::stun::{self, Gatherer, GathererConfig, StunOutput, StunServer};
 use chatixia_settings::systemd::{self, Notifier};
 
 /// notes pitfall 3: the default 208 KB drops datagrams under load.
@@ -39,6 +42,8 @@ pub struct NodeConfig {
     pub ipc_socket: PathBuf,
     /// Addresses to offer as host candidates, with the socket's port.
     pub host_addresses: Vec<IpAddr>,
+    /// Asked for server-reflexive candidates; empty disables STUN.
+    pub stun_servers: Vec<StunServer>,
     pub mesh: MeshConfig,
     pub ipc: IpcConfig,
     pub signaling: SignalingConfig,
@@ -75,6 +80,15 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
 
     let now = Instant::now();
     let mut mesh = Mesh::new(MeshConfig { seed: fastrand::u64(..), ..config.mesh }, now);
+    if !config.stun_servers.is_empty() && candidates.is_empty() {
+        log::info!("no host candidate to be the base of a server-reflexive one; not asking STUN servers");
+    }
+    let stun = (!config.stun_servers.is_empty() && !candidates.is_empty()).then(|| Stun {
+        gatherer: Gatherer::new(GathererConfig::default(), candidates.clone()),
+        servers: config.stun_servers,
+        lookup: None,
+        lookup_failed: false,
+    });
     mesh.set_local_candidates(candidates);
     let hub = Rc::new(RefCell::new(AgentHub::new(config.ipc)));
     let (cmd_tx, cmd_rx) = async_channel::bounded::<(AgentId, Command)>(COMMAND_QUEUE);
@@ -100,7 +114,9 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         .detach();
 
         let mut node =
-            Node { mesh, udp, udp_port: port, udp_v6: dual_stack, hub, out_tx, notifier, buf: vec![0u8; 65_536] };
+            Node { mesh, stun, udp, udp_port: port, udp_v6: dual_stack, hub, out_tx, notifier, buf: vec![0u8; 65_536] };
+        // Links do not wait for this: the first round runs alongside them.
+        node.start_stun_round(Instant::now());
         node.run(&cmd_rx, &sig_rx, &stop_rx).await;
         node.shutdown(&sig_rx).await;
         // The WebSocket close was requested; give it a moment, not forever.
@@ -197,8 +213,21 @@ fn recv_datagram(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Option<Datagram
     Ok(source.map(|s| Datagram { len, source: canonical(s), destination }))
 }
 
+/// The result of looking the STUN servers up on a short-lived thread.
+type Lookup = Pin<Box<dyn Future<Output = Result<Result<Vec<SocketAddr>, String>, String>>>>;
+
+struct Stun {
+    gatherer: Gatherer,
+    servers: Vec<StunServer>,
+    /// A name lookup in progress.
+    lookup: Option<Lookup>,
+    /// The last lookup failed (said once at info, then at debug).
+    lookup_failed: bool,
+}
+
 struct Node {
     mesh: Mesh,
+    stun: Option<Stun>,
     udp: Async<UdpSocket>,
     /// Facts of `udp`, asked once instead of per datagram.
     udp_port: u16,
@@ -214,6 +243,7 @@ enum Wake {
     Timer,
     Command((AgentId, Command)),
     Signaling(SignalingEvent),
+    Looked(Result<Result<Vec<SocketAddr>, String>, String>),
     Stop,
 }
 
@@ -234,10 +264,15 @@ impl Node {
             if let Some(w) = next_watchdog {
                 deadline = deadline.min(w);
             }
+            if let Some(t) = self.stun.as_ref().and_then(|s| s.gatherer.poll_timeout()) {
+                deadline = deadline.min(t);
+            }
             timer.set_at(deadline);
+            let udp = &self.udp;
+            let lookup = self.stun.as_mut().and_then(|s| s.lookup.as_mut());
             let wake = or(
                 async {
-                    let _ = self.udp.readable().await;
+                    let _ = udp.readable().await;
                     Wake::Socket
                 },
                 or(
@@ -249,10 +284,21 @@ impl Node {
                     // registry state that was already reported.
                     or(
                         async { signaling.recv().await.map_or(Wake::Stop, Wake::Signaling) },
-                        or(async { commands.recv().await.map_or(Wake::Stop, Wake::Command) }, async {
-                            let _ = stop.recv().await;
-                            Wake::Stop
-                        }),
+                        or(
+                            async { commands.recv().await.map_or(Wake::Stop, Wake::Command) },
+                            or(
+                                async {
+                                    let _ = stop.recv().await;
+                                    Wake::Stop
+                                },
+                                async {
+                                    match lookup {
+                                        Some(f) => Wake::Looked(f.await),
+                                        None => futures_lite::future::pending().await,
+                                    }
+                                },
+                            ),
+                        ),
                     ),
                 ),
             )
@@ -262,6 +308,7 @@ impl Node {
                 Wake::Stop => return,
                 Wake::Command((agent, cmd)) => self.mesh.handle_command(agent, cmd, now),
                 Wake::Signaling(ev) => self.on_signaling(ev, now),
+                Wake::Looked(result) => self.on_stun_lookup(result, now),
                 Wake::Socket | Wake::Timer => {}
             }
             self.flush();
@@ -292,6 +339,12 @@ impl Node {
             self.mesh.handle_timeout(now);
             self.flush();
         }
+        if let Some(stun) = &mut self.stun
+            && stun.gatherer.poll_timeout().is_some_and(|t| t <= now)
+        {
+            stun.gatherer.handle_timeout(now);
+            self.flush_stun(now);
+        }
         for _ in 0..INPUT_BATCH {
             let Ok(ev) = signaling.try_recv() else { break };
             self.on_signaling(ev, Instant::now());
@@ -314,7 +367,14 @@ impl Node {
                     };
                     let now = Instant::now();
                     let destination = SocketAddr::new(ip, self.udp_port);
-                    self.mesh.handle_datagram(now, d.source, destination, &self.buf[..d.len]);
+                    let bytes = &self.buf[..d.len];
+                    if let Some(stun) = &mut self.stun
+                        && stun.gatherer.handle_datagram(d.source, destination, bytes)
+                    {
+                        self.flush_stun(now);
+                        continue;
+                    }
+                    self.mesh.handle_datagram(now, d.source, destination, bytes);
                     self.flush();
                 }
                 Ok(None) => return,
@@ -323,6 +383,73 @@ impl Node {
                     // one peer, not the socket.
                     log::debug!("UDP receive: {e}");
                 }
+            }
+        }
+    }
+
+    /// Looks the STUN servers up and starts a round of requests. Literal
+    /// addresses need no lookup; names are resolved on a short-lived thread
+    /// (getaddrinfo blocks; see [`crate::http::off_loop`] for why not smol's
+    /// pool), and the round starts when the answer is in.
+    fn start_stun_round(&mut self, now: Instant) {
+        let Some(stun) = &mut self.stun else { return };
+        if stun.lookup.is_some() {
+            return;
+        }
+        if stun.servers.iter().all(|s| s.literal().is_some()) {
+            let result = stun::resolve(&stun.servers);
+            self.on_stun_lookup(Ok(result), now);
+        } else {
+            let servers = stun.servers.clone();
+            stun.lookup = Some(Box::pin(crate::http::off_loop(move || stun::resolve(&servers))));
+        }
+    }
+
+    fn on_stun_lookup(&mut self, result: Result<Result<Vec<SocketAddr>, String>, String>, now: Instant) {
+        let Some(stun) = &mut self.stun else { return };
+        stun.lookup = None;
+        let addrs = match result.and_then(|r| r) {
+            Ok(addrs) => {
+                if stun.lookup_failed {
+                    log::info!("STUN servers resolve again");
+                }
+                stun.lookup_failed = false;
+                addrs
+            }
+            Err(e) => {
+                // Offline or no DNS: host candidates still work; try again at
+                // the next round without filling the log.
+                if stun.lookup_failed {
+                    log::debug!("cannot look up the STUN servers: {e}");
+                } else {
+                    log::info!("cannot look up the STUN servers (retrying every few minutes): {e}");
+                }
+                stun.lookup_failed = true;
+                Vec::new()
+            }
+        };
+        log::debug!("asking STUN servers at {addrs:?}");
+        stun.gatherer.set_servers(&addrs, now);
+        self.flush_stun(now);
+    }
+
+    fn flush_stun(&mut self, now: Instant) {
+        let v6 = self.udp_v6;
+        loop {
+            let Some(out) = self.stun.as_mut().and_then(|s| s.gatherer.poll_output()) else { return };
+            match out {
+                StunOutput::Transmit { destination, contents } => {
+                    if let Err(e) = self.udp.get_ref().send_to(&contents, for_socket(destination, v6)) {
+                        // Offline: the request is retried, then the round
+                        // gives up quietly.
+                        log::debug!("UDP send to STUN server {destination}: {e}");
+                    }
+                }
+                StunOutput::Candidate { addr, base } => {
+                    self.mesh.add_srflx_candidate(addr, base, now);
+                    self.flush();
+                }
+                StunOutput::Resolve => self.start_stun_round(now),
             }
         }
     }
