@@ -21,7 +21,7 @@ use chatixia_protocol::signaling::{
 };
 use serde_json::Value;
 
-use crate::peer::{LinkConfig, LinkError, LinkOutput, PeerLink, SendError, clip};
+use crate::peer::{DtlsIdentity, LinkConfig, LinkError, LinkOutput, PeerLink, SendError, clip};
 
 /// Identifies one attached agent for replies to its own commands.
 pub type AgentId = u64;
@@ -176,6 +176,11 @@ impl Mesh {
     /// trickled. Links made earlier keep theirs.
     pub fn set_local_candidates(&mut self, addrs: Vec<SocketAddr>) {
         self.local_candidates = addrs;
+    }
+
+    /// The DTLS certificate links made from now on present.
+    pub fn set_dtls_identity(&mut self, identity: DtlsIdentity) {
+        self.config.link.identity = Some(identity);
     }
 
     /// A server-reflexive candidate learned from a STUN server, `base` being

@@ -15,12 +15,14 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatixia_protocol::mesh::DATA_CHANNEL_LABEL;
 use chatixia_protocol::signaling::IceCandidatePayload;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
@@ -118,7 +120,42 @@ pub struct LinkConfig {
     /// peer in under about 15 s, whatever is set here).
     pub max_stun_rto: Option<Duration>,
     pub max_stun_retransmits: Option<usize>,
+    /// The DTLS certificate every link presents; `None` makes str0m generate
+    /// one per link, which costs ~40 ms for the first (aws-lc seeds its
+    /// entropy then) and keeps a key pair per link.
+    pub identity: Option<DtlsIdentity>,
 }
+
+/// One DTLS certificate and key shared by all links of a sidecar, as browsers
+/// share one per origin. Each link's SDP carries its fingerprint, so sharing
+/// it changes nothing for the remote's verification.
+#[derive(Clone)]
+pub struct DtlsIdentity(Arc<DtlsCert>);
+
+impl DtlsIdentity {
+    /// A fresh self-signed certificate, or `None` if the crypto provider
+    /// fails (links then generate their own).
+    pub fn generate() -> Option<DtlsIdentity> {
+        catch_unwind(|| str0m::crypto::from_feature_flags().dtls_provider.generate_certificate())
+            .ok()
+            .flatten()
+            .map(|cert| DtlsIdentity(Arc::new(cert)))
+    }
+}
+
+impl fmt::Debug for DtlsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DtlsIdentity(..)")
+    }
+}
+
+impl PartialEq for DtlsIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for DtlsIdentity {}
 
 impl Default for LinkConfig {
     fn default() -> Self {
@@ -129,6 +166,7 @@ impl Default for LinkConfig {
             silence_timeout: Some(DEFAULT_SILENCE_TIMEOUT),
             max_stun_rto: None,
             max_stun_retransmits: None,
+            identity: None,
         }
     }
 }
@@ -668,6 +706,9 @@ impl PeerLink {
         if let Some(n) = config.max_stun_retransmits {
             builder.set_max_stun_retransmits(n);
         }
+        if let Some(identity) = &config.identity {
+            builder = builder.set_dtls_cert(DtlsCert::clone(&identity.0));
+        }
         // `build` panics instead of returning errors (crypto provider setup).
         let rtc = catch_unwind(AssertUnwindSafe(|| builder.build(now)))
             .map_err(|p| LinkError::Internal(panic_text(p.as_ref())))?;
@@ -1072,6 +1113,26 @@ mod tests {
                  6f1b7c0e-2a5d-4f63-9a1e-0c3f2b9d7e11.local 54321 typ host generation 0\r\n"
             ),
         )
+    }
+
+    #[test]
+    fn links_sharing_an_identity_present_one_certificate_and_still_open() {
+        let identity = DtlsIdentity::generate().expect("a certificate");
+        let shared = LinkConfig { identity: Some(identity), ..LinkConfig::default() };
+        let now = Instant::now();
+        let fingerprint =
+            |sdp: &str| sdp.lines().find(|l| l.starts_with("a=fingerprint:")).map(str::to_owned).expect("fingerprint");
+        let (_a, first) = PeerLink::new_offerer(&[], &shared, now).unwrap();
+        let (_b, second) = PeerLink::new_offerer(&[], &shared, now).unwrap();
+        let (_c, own) = PeerLink::new_offerer(&[], &LinkConfig::default(), now).unwrap();
+        assert_eq!(fingerprint(&first), fingerprint(&second));
+        assert_ne!(fingerprint(&first), fingerprint(&own));
+        // Both ends presenting the same certificate is legal DTLS; links of
+        // two sidecars never do, but the handshake must not care.
+        let mut net = connect_with_sdp_candidates(&shared);
+        net.a.link.send("over a shared identity").unwrap();
+        net.drain(true);
+        assert!(net.run_until(Duration::from_secs(1), |n| n.b.messages == ["over a shared identity"]));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use smol::{Async, LocalExecutor, Timer};
 
 use crate::ipc::{self, AgentHub, IpcConfig, IpcSocket};
 use crate::mesh::{AgentId, Mesh, MeshConfig, MeshOutput, RegistryState};
+use crate::peer::DtlsIdentity;
 use crate::signaling::{self, Outgoing, SignalingConfig, SignalingEvent};
 use crate::stun::{self, Gatherer, GathererConfig, StunOutput, StunServer};
 use chatixia_settings::systemd::{self, Notifier};
@@ -57,6 +58,19 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
     let listener = Async::new(ipc_socket.listener.try_clone().map_err(|e| e.to_string())?)
         .map_err(|e| format!("IPC socket: {e}"))?;
     log::info!("IPC socket listening at {}", ipc_socket.path().display());
+
+    // The first certificate costs ~40 ms (aws-lc seeds its entropy); made
+    // here, on a thread of its own, it overlaps the token exchange instead
+    // of delaying the first link.
+    let identity = std::thread::Builder::new()
+        .name("dtls-cert".into())
+        .spawn(|| {
+            let started = Instant::now();
+            let identity = DtlsIdentity::generate();
+            log::debug!("DTLS certificate made in {:?}", started.elapsed());
+            identity
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
 
     let udp = bind_udp()?;
     let port = udp.get_ref().local_addr().map_err(|e| e.to_string())?.port();
@@ -113,8 +127,18 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         })
         .detach();
 
-        let mut node =
-            Node { mesh, stun, udp, udp_port: port, udp_v6: dual_stack, hub, out_tx, notifier, buf: vec![0u8; 65_536] };
+        let mut node = Node {
+            mesh,
+            identity: Some(identity),
+            stun,
+            udp,
+            udp_port: port,
+            udp_v6: dual_stack,
+            hub,
+            out_tx,
+            notifier,
+            buf: vec![0u8; 65_536],
+        };
         // Links do not wait for this: the first round runs alongside them.
         node.start_stun_round(Instant::now());
         node.run(&cmd_rx, &sig_rx, &stop_rx).await;
@@ -227,6 +251,9 @@ struct Stun {
 
 struct Node {
     mesh: Mesh,
+    /// The shared DTLS certificate being made; taken before the first frame
+    /// from the registry, which is what can create links.
+    identity: Option<std::thread::JoinHandle<Option<DtlsIdentity>>>,
     stun: Option<Stun>,
     udp: Async<UdpSocket>,
     /// Facts of `udp`, asked once instead of per datagram.
@@ -455,6 +482,16 @@ impl Node {
     }
 
     fn on_signaling(&mut self, ev: SignalingEvent, now: Instant) {
+        if matches!(ev, SignalingEvent::Frame(_))
+            && let Some(thread) = self.identity.take()
+        {
+            // Usually done long before: the token exchange and WebSocket
+            // handshake took longer. At worst this waits once, at startup.
+            match thread.join() {
+                Ok(Some(identity)) => self.mesh.set_dtls_identity(identity),
+                _ => log::warn!("no shared DTLS certificate; each link makes its own"),
+            }
+        }
         match ev {
             SignalingEvent::Connecting => self.mesh.handle_registry_connecting(),
             SignalingEvent::Connected { peer_id } => self.mesh.handle_registry_connected(&peer_id, now),
