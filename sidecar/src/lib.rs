@@ -8,3 +8,4 @@ pub mod pair;
 pub mod peer;
 pub mod shell;
 pub mod signaling;
+pub mod tls;
