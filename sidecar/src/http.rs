@@ -276,12 +276,9 @@ mod tests {
     #[test]
     fn tls_streams_verify_the_server_certificate_by_name_or_address() {
         use futures_lite::{AsyncReadExt, AsyncWriteExt};
-        let ca = crate::tls::read_ca_file(&{
-            let p = std::env::temp_dir().join(format!("chatixia-http-test-ca-{}.pem", std::process::id()));
-            std::fs::write(&p, TEST_CA).unwrap();
-            p
-        })
-        .unwrap();
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let ca: Vec<_> = CertificateDer::pem_slice_iter(TEST_CA).map(Result::unwrap).collect();
         let trusting = Tls::with_roots(ca).unwrap();
         let untrusting = Tls::with_roots(Vec::new()).unwrap();
         for host in ["127.0.0.1", "localhost"] {

@@ -67,6 +67,12 @@ impl Tls {
         if let Some(path) = ca_file {
             roots.extend(read_ca_file(path)?);
         }
+        if roots.is_empty() {
+            log::warn!(
+                "no trusted CA certificates (system store empty, no REGISTRY_CA_FILE): https:// and wss:// \
+                 connections will fail"
+            );
+        }
         let tls = Tls::with_roots(roots)?;
         log::debug!("TLS trust roots: {from_system} from the system store, {} in all", tls.ureq_roots.len());
         Ok(tls)
@@ -170,6 +176,21 @@ mod tests {
         for p in [empty, truncated, garbage] {
             std::fs::remove_file(p).unwrap();
         }
+    }
+
+    #[test]
+    fn roots_are_loaded_only_for_tls_urls_and_a_ca_file_is_always_checked() {
+        let ca = scratch("ca.pem", include_bytes!("../../tests/fixtures/tls/ca.pem"));
+        assert_eq!(read_ca_file(&ca).unwrap().len(), 1);
+        let plain = ["http://h/api/token", "ws://h/ws"];
+        assert!(for_urls(&plain, None).unwrap().is_none());
+        assert!(for_urls(&plain, Some(&ca)).unwrap().is_none());
+        let missing = std::env::temp_dir().join("chatixia-tls-test-does-not-exist.pem");
+        assert!(for_urls(&plain, Some(&missing)).unwrap_err().contains("does-not-exist.pem"));
+        assert!(for_urls(&["http://h/api/token", "wss://h/ws"], Some(&missing)).is_err());
+        let tls = for_urls(&["https://h/api/token", "ws://h/ws"], Some(&ca)).unwrap().expect("roots");
+        assert!(tls.ureq_roots.iter().any(|c| c.der() == read_ca_file(&ca).unwrap()[0].as_ref()));
+        std::fs::remove_file(ca).unwrap();
     }
 
     #[test]
