@@ -65,6 +65,26 @@ fn two_sidecars_mesh_through_an_https_and_wss_registry() {
         let failed = log.contains("token exchange with") || log.contains("signaling connection to");
         assert!(!failed, "{name} had a failed registry connection:\n{log}");
     }
+    // TLS adds no thread (SPEC §6.3): main + async-io once the short-lived
+    // token-request thread is gone. Not under an emulator, whose own
+    // threads would show in /proc.
+    if std::env::var("CHATIXIA_BIN_RUNNER").unwrap_or_default().is_empty() {
+        for proc in [&alpha.proc, &bravo.proc] {
+            assert_eq!(settled_thread_count(proc.child.id()), 2, "{}", proc.log());
+        }
+    }
+}
+
+/// The thread count of `pid`, once the short-lived request threads have
+/// ended (they end within a request timeout); the harness timeout bounds
+/// the wait.
+fn settled_thread_count(pid: u32) -> usize {
+    let count = || std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task").count();
+    let deadline = std::time::Instant::now() + chatixia_e2e::TIMEOUT;
+    while count() > 2 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    count()
 }
 
 #[test]
