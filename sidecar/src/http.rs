@@ -1,6 +1,6 @@
 //! The sidecar's HTTP requests — the token exchange (SPEC §2.2) and
-//! redeeming a pairing code (§4.3) — plus the TCP connect the signaling
-//! WebSocket uses.
+//! redeeming a pairing code (§4.3) — plus the TCP connect (and TLS
+//! handshake, on the event loop) the signaling WebSocket uses.
 //!
 //! HTTP goes through ureq, which blocks: [`post`] runs it on a thread of its
 //! own so the event loop never waits on the network. Not `smol::unblock`:
@@ -12,7 +12,8 @@
 //!
 //! `https://` and `wss://` go through rustls with the trust roots of
 //! [`crate::tls::Tls`], loaded once at startup; plain `http://`/`ws://`
-//! need none.
+//! need none. ureq verifies the token/pairing server; [`connect_stream`]
+//! the WebSocket's, by the URL host (a name or an IP address).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
