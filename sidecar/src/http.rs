@@ -1,6 +1,6 @@
 //! The sidecar's HTTP requests — the token exchange (SPEC §2.2) and
-//! redeeming a pairing code (§4.3) — plus the TCP connect the signaling
-//! WebSocket uses.
+//! redeeming a pairing code (§4.3) — plus the TCP connect (and TLS
+//! handshake, on the event loop) the signaling WebSocket uses.
 //!
 //! HTTP goes through ureq, which blocks: [`post`] runs it on a thread of its
 //! own so the event loop never waits on the network. Not `smol::unblock`:
@@ -10,13 +10,21 @@
 //! thread per request (one every few seconds at worst, each bounded by the
 //! request timeout) exits when the request is done.
 //!
-//! Plain `http://` only: ureq's TLS would link rustls and a crypto provider,
-//! several hundred KiB of the 4 MiB binary budget.
+//! `https://` and `wss://` go through rustls with the trust roots of
+//! [`crate::tls::Tls`], loaded once at startup; plain `http://`/`ws://`
+//! need none. ureq verifies the token/pairing server; [`connect_stream`]
+//! the WebSocket's, by the URL host (a name or an IP address).
 
+use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_lite::{AsyncRead, AsyncWrite};
 use smol::Async;
+
+use crate::tls::{self, Tls};
 
 /// Answers larger than this are not token or pairing answers.
 const MAX_RESPONSE: u64 = 64 * 1024;
@@ -25,18 +33,13 @@ const MAX_RESPONSE: u64 = 64 * 1024;
 /// scheme is reported once, at startup, instead of on every retry.
 pub fn check_url(url: &str) -> Result<(), String> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL"))?;
-    match scheme.to_ascii_lowercase().as_str() {
-        "http" => {}
-        "https" => {
-            return Err(format!(
-                "{url}: https:// is not supported by this build (no TLS in the binary); use http://, e.g. \
-                 through a TLS-terminating tunnel"
-            ));
-        }
-        other => return Err(format!("unsupported scheme {other:?} in {url:?}; expected http://")),
-    }
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => 80,
+        "https" => 443,
+        other => return Err(format!("unsupported scheme {other:?} in {url:?}; expected http:// or https://")),
+    };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    split_host_port(authority, 80).map(|_| ()).map_err(|e| format!("{e} in {url:?}"))
+    split_host_port(authority, default_port).map(|_| ()).map_err(|e| format!("{e} in {url:?}"))
 }
 
 /// A `POST`: one extra header and an optional JSON body.
@@ -47,6 +50,8 @@ pub struct Post {
     pub json: Option<serde_json::Value>,
     /// Bounds the whole request, connect to last byte.
     pub timeout: Duration,
+    /// Trust roots for `https://`; `None` refuses https.
+    pub tls: Option<Tls>,
 }
 
 /// Runs `request` off the event loop; returns the status and body.
@@ -77,7 +82,12 @@ pub fn post_blocking(request: &Post) -> Result<(u16, Vec<u8>), String> {
     {
         return Err(format!("the {name} value must not contain line breaks"));
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let mut config = ureq::Agent::config_builder();
+    if tls::needs_tls(&request.url) {
+        let tls = request.tls.as_ref().ok_or_else(|| format!("{}: https:// needs TLS trust roots", request.url))?;
+        config = config.tls_config(tls.ureq_config());
+    }
+    let agent: ureq::Agent = config
         .http_status_as_error(false)
         .timeout_global(Some(request.timeout))
         // Like the signaling WebSocket, which connects directly: a proxy
@@ -159,21 +169,137 @@ pub async fn connect(host: &str, port: u16) -> Result<Async<TcpStream>, String> 
     Err(last)
 }
 
+/// The signaling WebSocket's byte stream: TCP, or TLS over TCP.
+pub enum Stream {
+    Plain(Async<TcpStream>),
+    Tls(Box<futures_rustls::client::TlsStream<Async<TcpStream>>>),
+}
+
+/// [`connect`], then a TLS handshake with `tls` when given; the server
+/// certificate must match `host` (a name or an IP address).
+pub async fn connect_stream(host: &str, port: u16, tls: Option<&Tls>) -> Result<Stream, String> {
+    let tcp = connect(host, port).await?;
+    let Some(tls) = tls else { return Ok(Stream::Plain(tcp)) };
+    let name = tls::server_name(host)?;
+    let stream = futures_rustls::TlsConnector::from(tls.client_config())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {host}:{port} failed: {e}"))?;
+    Ok(Stream::Tls(Box::new(stream)))
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_close(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
 
     #[test]
-    fn only_http_urls_pass() {
+    fn only_http_and_https_urls_pass() {
         assert!(check_url("http://localhost:8080/api/token").is_ok());
         assert!(check_url("HTTP://[::1]/t?x=1#f").is_ok());
         assert!(check_url("http://h").is_ok());
-        assert!(check_url("https://h/").unwrap_err().contains("https:// is not supported"));
-        assert!(check_url("ftp://h/").is_err());
+        assert!(check_url("https://h/").is_ok());
+        assert!(check_url("HTTPS://127.0.0.1:8443/api/token").is_ok());
+        assert!(check_url("https://[::1]:x/").is_err());
+        assert!(check_url("ftp://h/").unwrap_err().contains("expected http:// or https://"));
         assert!(check_url("http://h:x/").is_err());
         assert!(check_url("http:///x").is_err());
         assert!(check_url("nonsense").is_err());
+    }
+
+    /// The e2e fixtures: a test CA and a server certificate it signed for
+    /// localhost and 127.0.0.1 (tests/fixtures/tls/generate.sh).
+    const TEST_CA: &[u8] = include_bytes!("../../tests/fixtures/tls/ca.pem");
+    const TEST_CERT: &[u8] = include_bytes!("../../tests/fixtures/tls/server.pem");
+    const TEST_KEY: &[u8] = include_bytes!("../../tests/fixtures/tls/server.key");
+
+    /// A one-shot TLS server with the fixture certificate: completes the
+    /// handshake, echoes one line; returns the handshake's outcome.
+    fn tls_echo_once() -> (u16, std::thread::JoinHandle<Result<(), String>>) {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![CertificateDer::from_pem_slice(TEST_CERT).unwrap()],
+                    PrivateKeyDer::from_pem_slice(TEST_KEY).unwrap(),
+                )
+                .unwrap();
+            let (tcp, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut line = [0u8; 6];
+            tls.read_exact(&mut line).map_err(|e| e.to_string())?;
+            tls.write_all(&line).map_err(|e| e.to_string())?;
+            tls.flush().map_err(|e| e.to_string())
+        });
+        (port, server)
+    }
+
+    #[test]
+    fn tls_streams_verify_the_server_certificate_by_name_or_address() {
+        use futures_lite::{AsyncReadExt, AsyncWriteExt};
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let ca: Vec<_> = CertificateDer::pem_slice_iter(TEST_CA).map(Result::unwrap).collect();
+        let trusting = Tls::with_roots(ca).unwrap();
+        let untrusting = Tls::with_roots(Vec::new()).unwrap();
+        for host in ["127.0.0.1", "localhost"] {
+            let (port, server) = tls_echo_once();
+            let echoed = smol::block_on(async {
+                let mut s = connect_stream(host, port, Some(&trusting)).await.unwrap();
+                assert!(matches!(s, Stream::Tls(_)));
+                s.write_all(b"hello\n").await.unwrap();
+                let mut back = [0u8; 6];
+                s.read_exact(&mut back).await.unwrap();
+                back
+            });
+            assert_eq!(&echoed, b"hello\n");
+            server.join().unwrap().unwrap();
+        }
+
+        let (port, server) = tls_echo_once();
+        let err = smol::block_on(connect_stream("127.0.0.1", port, Some(&untrusting))).map(|_| ()).unwrap_err();
+        assert!(err.contains("invalid peer certificate") && err.contains("UnknownIssuer"), "{err}");
+        assert!(server.join().unwrap().is_err(), "the server saw the client give up");
     }
 
     /// A one-shot server: returns the request it read; answers `answer`.
@@ -215,6 +341,7 @@ mod tests {
             header: Some(("X-API-Key", "k-1".into())),
             json: None,
             timeout: Duration::from_secs(10),
+            tls: None,
         };
         let (status, body) = smol::block_on(post(request.clone())).unwrap();
         assert_eq!((status, body.as_slice()), (200, &b"{\"a\":\"ok\"}"[..]));
@@ -235,6 +362,7 @@ mod tests {
             header: None,
             json: Some(serde_json::json!({"code": "123456"})),
             timeout: Duration::from_secs(10),
+            tls: None,
         };
         let (status, body) = post_blocking(&request).unwrap();
         assert_eq!((status, body.as_slice()), (401, &b"{\"error\":\"x\"}"[..]));

@@ -9,3 +9,4 @@ pub mod peer;
 pub mod shell;
 pub mod signaling;
 pub mod stun;
+pub mod tls;

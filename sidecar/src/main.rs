@@ -1,7 +1,7 @@
 //! `chatixia-sidecar`: settings and logging, then the smol shell.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use chatixia_settings::{ParseError, Setting, Settings};
@@ -12,12 +12,23 @@ use chatixia_sidecar::pair;
 use chatixia_sidecar::peer::{DEFAULT_MAX_MESSAGE_BYTES, LinkConfig};
 use chatixia_sidecar::shell::{self, NodeConfig};
 use chatixia_sidecar::signaling::{Credential, SignalingConfig};
+use chatixia_sidecar::tls;
 
 const SETTINGS: &[Setting] = &[
     Setting::value("API_KEY", None, "API key exchanged for a signaling token"),
     Setting::value("DEVICE_TOKEN", None, "device token of a paired device (used when API_KEY is unset)"),
-    Setting::value("TOKEN_URL", Some("http://localhost:8080/api/token"), "registry token endpoint"),
-    Setting::value("SIGNALING_URL", Some("ws://localhost:8080/ws"), "registry WebSocket"),
+    Setting::value(
+        "TOKEN_URL",
+        Some("http://localhost:8080/api/token"),
+        "registry token endpoint (http:// or https://)",
+    ),
+    Setting::value("SIGNALING_URL", Some("ws://localhost:8080/ws"), "registry WebSocket (ws:// or wss://)"),
+    Setting::value(
+        "REGISTRY_CA_FILE",
+        None,
+        "PEM file of CA certificates trusted for https:// and wss:// registries, in addition to the system \
+         store (SSL_CERT_FILE / SSL_CERT_DIR)",
+    ),
     Setting::value(
         "IPC_SOCKET",
         None,
@@ -42,10 +53,16 @@ const SETTINGS: &[Setting] = &[
 ];
 
 const PAIR_SETTINGS: &[Setting] = &[
-    Setting::value("REGISTRY_URL", None, "the registry, e.g. http://gateway:8080").with_flag("--registry"),
+    Setting::value("REGISTRY_URL", None, "the registry, e.g. http://gateway:8080 or https://gateway")
+        .with_flag("--registry"),
     Setting::value("PAIRING_CODE", None, "the 6-digit code an admin generated").with_flag("--code"),
     Setting::value("DEVICE_NAME", None, "a name for this device, shown to the admin").with_flag("--name"),
     Setting::value("STATE_DIR", None, "where the device token goes [default: $STATE_DIRECTORY or ./chatixia-state]"),
+    Setting::value(
+        "REGISTRY_CA_FILE",
+        None,
+        "PEM file of CA certificates trusted for an https:// registry, in addition to the system store",
+    ),
 ];
 
 const PAIR_ABOUT: &str = "redeem a pairing code and store the device token for the daemon (exit 0 paired, \
@@ -115,7 +132,14 @@ fn pair_main() -> ExitCode {
         eprintln!("{program}: unexpected argument {extra:?} (see --help)");
         return ExitCode::from(2);
     }
-    let paired = match pair::redeem(registry, code, name) {
+    let tls = match tls::for_urls(&[registry], settings.get("REGISTRY_CA_FILE").map(Path::new)) {
+        Ok(tls) => tls,
+        Err(msg) => {
+            eprintln!("{program}: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let paired = match pair::redeem(registry, code, name, tls.as_ref()) {
         Ok(p) => p,
         Err(msg) => {
             eprintln!("{program}: {msg}");
@@ -164,8 +188,11 @@ fn configure(settings: &Settings) -> Result<NodeConfig, String> {
     let state_dir = pair::state_dir(settings.get("STATE_DIR"));
     let credential = credential(settings, &state_dir)?;
     let token_url = settings.get("TOKEN_URL").unwrap_or("http://localhost:8080/api/token");
+    let signaling_url = settings.get("SIGNALING_URL").unwrap_or("ws://localhost:8080/ws");
     // Said once here: the retry loop would otherwise repeat it forever.
     chatixia_sidecar::http::check_url(token_url).map_err(|e| format!("TOKEN_URL: {e}"))?;
+    chatixia_sidecar::signaling::ws_endpoint(signaling_url).map_err(|e| format!("SIGNALING_URL: {e}"))?;
+    let tls = tls::for_urls(&[token_url, signaling_url], settings.get("REGISTRY_CA_FILE").map(Path::new))?;
 
     let ipc_socket = match settings.get("IPC_SOCKET") {
         Some(p) => PathBuf::from(p),
@@ -235,8 +262,9 @@ fn configure(settings: &Settings) -> Result<NodeConfig, String> {
         ipc: IpcConfig::default(),
         signaling: SignalingConfig {
             token_url: token_url.to_owned(),
-            signaling_url: settings.get("SIGNALING_URL").unwrap_or("ws://localhost:8080/ws").to_owned(),
+            signaling_url: signaling_url.to_owned(),
             credential,
+            tls,
         },
     })
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::http;
+use crate::tls::Tls;
 
 /// Name of the token file in the state directory.
 pub const TOKEN_FILE: &str = "device_token";
@@ -45,9 +46,9 @@ pub struct Paired {
     pub device_token: String,
 }
 
-/// Redeems `code` at the registry whose base URL is `registry`. A refusal
-/// comes back as the registry's own error text.
-pub fn redeem(registry: &str, code: &str, name: &str) -> Result<Paired, String> {
+/// Redeems `code` at the registry whose base URL is `registry` (`https://`
+/// needs `tls`). A refusal comes back as the registry's own error text.
+pub fn redeem(registry: &str, code: &str, name: &str, tls: Option<&Tls>) -> Result<Paired, String> {
     let base = registry.trim().trim_end_matches('/');
     let url = format!("{base}/api/pairing/pair");
     let request = http::Post {
@@ -55,6 +56,7 @@ pub fn redeem(registry: &str, code: &str, name: &str) -> Result<Paired, String> 
         header: None,
         json: Some(serde_json::json!({"code": code, "agent_name": name})),
         timeout: TIMEOUT,
+        tls: tls.cloned(),
     };
     let (status, body) = http::post_blocking(&request).map_err(|e| format!("cannot reach the registry: {e}"))?;
     if status != 200 {
@@ -129,10 +131,13 @@ mod tests {
     }
 
     #[test]
-    fn unreachable_or_https_registries_are_errors() {
-        let err = redeem("https://h:1", "123456", "n").unwrap_err();
-        assert!(err.contains("https:// is not supported"), "{err}");
-        let err = redeem("http://127.0.0.1:9/", "123456", "n").unwrap_err();
+    fn unreachable_registries_and_https_without_roots_are_errors() {
+        let err = redeem("https://127.0.0.1:9", "123456", "n", None).unwrap_err();
+        assert!(err.contains("needs TLS trust roots"), "{err}");
+        let tls = Tls::with_roots(Vec::new()).unwrap();
+        let err = redeem("https://127.0.0.1:9", "123456", "n", Some(&tls)).unwrap_err();
+        assert!(err.contains("cannot reach") && !err.contains("trust roots"), "{err}");
+        let err = redeem("http://127.0.0.1:9/", "123456", "n", None).unwrap_err();
         assert!(err.contains("cannot reach"), "{err}");
     }
 }

@@ -2,13 +2,12 @@
 //! keepalive and reconnection. It only moves frames; what they mean is the
 //! mesh core's business.
 //!
-//! Plain `http://` and `ws://` only: TLS would cost several hundred KiB of a
-//! 4 MiB binary budget, and sidecars usually reach the registry on a LAN or
-//! through a TLS-terminating tunnel. The WebSocket runs on the event loop;
-//! the token exchange (ureq, blocking) and name lookups each run on a
-//! short-lived thread that exits when they are done (see [`http`]).
+//! `http://`/`ws://` or, with the trust roots of [`Tls`], `https://`/`wss://`
+//! (rustls on the aws-lc-rs provider str0m links anyway). The WebSocket,
+//! TLS included, runs on the event loop; the token exchange (ureq,
+//! blocking) and name lookups each run on a short-lived thread that exits
+//! when they are done (see [`http`]).
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::WebSocketStream;
@@ -16,9 +15,10 @@ use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use chatixia_protocol::claims::TokenResponse;
 use futures_lite::StreamExt;
-use smol::{Async, Timer};
+use smol::Timer;
 
-use crate::http;
+use crate::http::{self, Stream};
+use crate::tls::Tls;
 
 /// SPEC §6.2.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -46,6 +46,8 @@ pub struct SignalingConfig {
     pub token_url: String,
     pub signaling_url: String,
     pub credential: Credential,
+    /// Trust roots; needed when either URL is `https://` or `wss://`.
+    pub tls: Option<Tls>,
 }
 
 /// What the client tells the node.
@@ -118,23 +120,24 @@ pub fn url_with_token(base: &str, token: &str) -> String {
     url
 }
 
-/// Host and port of a `ws://` URL.
+/// Host and port of a `ws://` or `wss://` URL, and whether it is TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    pub tls: bool,
 }
 
 pub fn ws_endpoint(url: &str) -> Result<Endpoint, String> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL"))?;
-    let default_port = match scheme.to_ascii_lowercase().as_str() {
-        "ws" => 80,
-        "wss" => return Err("wss:// is not supported by this build; use ws:// (e.g. through a TLS tunnel)".into()),
-        other => return Err(format!("unsupported scheme {other:?} in SIGNALING_URL; expected ws://")),
+    let (default_port, tls) = match scheme.to_ascii_lowercase().as_str() {
+        "ws" => (80, false),
+        "wss" => (443, true),
+        other => return Err(format!("unsupported scheme {other:?} in SIGNALING_URL; expected ws:// or wss://")),
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let (host, port) = http::split_host_port(authority, default_port).map_err(|e| format!("{e} in {url:?}"))?;
-    Ok(Endpoint { host, port })
+    Ok(Endpoint { host, port, tls })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,12 +149,22 @@ pub enum TokenError {
 
 /// `POST TOKEN_URL` with the credential header (SPEC §2.2), off the event
 /// loop (see [`http`]).
-pub async fn exchange_token(url: &str, credential: &Credential) -> Result<TokenResponse, TokenError> {
+pub async fn exchange_token(
+    url: &str,
+    credential: &Credential,
+    tls: Option<&Tls>,
+) -> Result<TokenResponse, TokenError> {
     let header = match credential {
         Credential::ApiKey(k) => ("X-API-Key", k.clone()),
         Credential::DeviceToken(t) => ("X-Device-Token", t.clone()),
     };
-    let request = http::Post { url: url.to_owned(), header: Some(header), json: None, timeout: CONNECT_TIMEOUT };
+    let request = http::Post {
+        url: url.to_owned(),
+        header: Some(header),
+        json: None,
+        timeout: CONNECT_TIMEOUT,
+        tls: tls.cloned(),
+    };
     let (status, body) = http::post(request).await.map_err(TokenError::Other)?;
     match status {
         200 => serde_json::from_slice(&body).map_err(|e| TokenError::Other(format!("bad token response: {e}"))),
@@ -171,7 +184,7 @@ pub async fn run(
         if events.send(SignalingEvent::Connecting).await.is_err() {
             return;
         }
-        let wait = match exchange_token(&config.token_url, &config.credential).await {
+        let wait = match exchange_token(&config.token_url, &config.credential, config.tls.as_ref()).await {
             Err(TokenError::Unauthorized) => {
                 log::error!(
                     "the registry refused our credential (401 from {}); check API_KEY or DEVICE_TOKEN \
@@ -187,7 +200,7 @@ pub async fn run(
                 log::warn!("token exchange with {} failed: {e}; retrying in {wait:.1?}", config.token_url);
                 wait
             }
-            Ok(token) => match connect(&config.signaling_url, &token.token).await {
+            Ok(token) => match connect(&config.signaling_url, &token.token, config.tls.as_ref()).await {
                 Err(e) => {
                     let wait = backoff.next_delay(fastrand::f64());
                     log::warn!("signaling connection to {} failed: {e}; retrying in {wait:.1?}", config.signaling_url);
@@ -235,11 +248,17 @@ pub async fn run(
     }
 }
 
-async fn connect(base: &str, token: &str) -> Result<WebSocketStream<Async<TcpStream>>, String> {
+async fn connect(base: &str, token: &str, tls: Option<&Tls>) -> Result<WebSocketStream<Stream>, String> {
     let endpoint = ws_endpoint(base)?;
+    let tls = match (endpoint.tls, tls) {
+        (false, _) => None,
+        (true, Some(tls)) => Some(tls),
+        (true, None) => return Err(format!("{base}: wss:// needs TLS trust roots")),
+    };
     let url = url_with_token(base, token);
     let attempt = async {
-        let tcp = http::connect(&endpoint.host, endpoint.port).await?;
+        // TCP_NODELAY is set on the socket under the TLS layer too.
+        let tcp = http::connect_stream(&endpoint.host, endpoint.port, tls).await?;
         let mut config = WebSocketConfig::default();
         config.read_buffer_size = 8192;
         config.write_buffer_size = 0;
@@ -276,7 +295,7 @@ enum Wake {
 }
 
 async fn session(
-    mut ws: WebSocketStream<Async<TcpStream>>,
+    mut ws: WebSocketStream<Stream>,
     events: &async_channel::Sender<SignalingEvent>,
     outgoing: &async_channel::Receiver<Outgoing>,
 ) -> SessionEnd {
@@ -356,12 +375,16 @@ mod tests {
     #[test]
     fn endpoints_of_ws_urls() {
         let e = |u: &str| ws_endpoint(u);
-        assert_eq!(e("ws://localhost:8080/ws").unwrap(), Endpoint { host: "localhost".into(), port: 8080 });
-        assert_eq!(e("ws://example.org/ws?x=1").unwrap(), Endpoint { host: "example.org".into(), port: 80 });
-        assert_eq!(e("WS://[::1]:9000").unwrap(), Endpoint { host: "::1".into(), port: 9000 });
-        assert_eq!(e("ws://u:p@h:1/").unwrap(), Endpoint { host: "h".into(), port: 1 });
-        assert!(e("wss://h/ws").unwrap_err().contains("wss://"));
-        assert!(e("http://h/ws").is_err());
+        let plain = |host: &str, port| Endpoint { host: host.into(), port, tls: false };
+        let tls = |host: &str, port| Endpoint { host: host.into(), port, tls: true };
+        assert_eq!(e("ws://localhost:8080/ws").unwrap(), plain("localhost", 8080));
+        assert_eq!(e("ws://example.org/ws?x=1").unwrap(), plain("example.org", 80));
+        assert_eq!(e("WS://[::1]:9000").unwrap(), plain("::1", 9000));
+        assert_eq!(e("ws://u:p@h:1/").unwrap(), plain("h", 1));
+        assert_eq!(e("wss://h/ws").unwrap(), tls("h", 443));
+        assert_eq!(e("WSS://127.0.0.1:8443/ws?x=1").unwrap(), tls("127.0.0.1", 8443));
+        assert_eq!(e("wss://[::1]:9/").unwrap(), tls("::1", 9));
+        assert!(e("http://h/ws").unwrap_err().contains("expected ws:// or wss://"));
         assert!(e("ws://:80/").is_err());
         assert!(e("ws://h:99999/").is_err());
         assert!(e("nonsense").is_err());
@@ -386,10 +409,35 @@ mod tests {
     #[test]
     fn token_exchange_reports_unreachable_registries() {
         // Port 9 (discard) on loopback: nothing listens there in a sandbox.
-        let err = smol::block_on(exchange_token("http://127.0.0.1:9/api/token", &Credential::ApiKey("k".into())))
-            .unwrap_err();
+        let key = Credential::ApiKey("k".into());
+        let err = smol::block_on(exchange_token("http://127.0.0.1:9/api/token", &key, None)).unwrap_err();
         assert!(matches!(err, TokenError::Other(_)), "{err:?}");
-        let err = smol::block_on(exchange_token("https://h/api/token", &Credential::ApiKey("k".into()))).unwrap_err();
-        assert!(matches!(&err, TokenError::Other(m) if m.contains("https://")), "{err:?}");
+        // https without trust roots is refused before anything is sent.
+        let err = smol::block_on(exchange_token("https://127.0.0.1:9/api/token", &key, None)).unwrap_err();
+        assert!(matches!(&err, TokenError::Other(m) if m.contains("needs TLS trust roots")), "{err:?}");
+        // With roots it is tried (and fails to connect, as plain http did).
+        let tls = Tls::with_roots(Vec::new()).unwrap();
+        let err = smol::block_on(exchange_token("https://127.0.0.1:9/api/token", &key, Some(&tls))).unwrap_err();
+        assert!(matches!(&err, TokenError::Other(m) if !m.contains("trust roots")), "{err:?}");
+    }
+
+    #[test]
+    fn wss_to_a_server_that_is_not_tls_fails_cleanly() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let err = smol::block_on(async {
+            let server = std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().unwrap();
+                // Not a TLS server at all: the client must report it.
+                let _ = std::io::Write::write_all(&mut s, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            });
+            let tls = Tls::with_roots(Vec::new()).unwrap();
+            let r = connect(&format!("wss://127.0.0.1:{port}/ws"), "t", Some(&tls)).await;
+            server.join().unwrap();
+            r.map(|_| ()).unwrap_err()
+        });
+        assert!(err.contains("TLS handshake with 127.0.0.1:") && err.contains("failed"), "{err}");
+        let err = smol::block_on(connect("wss://127.0.0.1:9/ws", "t", None)).map(|_| ()).unwrap_err();
+        assert!(err.contains("needs TLS trust roots"), "{err}");
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod jwt;
 pub mod sidecar;
+pub mod tls_proxy;
 pub mod ws;
 
 use std::io::{BufRead, BufReader};
