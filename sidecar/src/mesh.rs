@@ -34,6 +34,9 @@ const REGISTER_VERSION: u32 = 1;
 const FEATURES: &[&str] = &["mesh_status", "ping"];
 /// How far ahead an idle core asks to be woken.
 const IDLE_WAKEUP: Duration = Duration::from_secs(3600);
+/// Inputs fed to one link before it must be polled; below the 30 records
+/// the DTLS layer holds (see [`Mesh::defer_pump`]).
+const MAX_UNPOLLED_INPUTS: usize = 8;
 /// Bound on connections (current and draining) so a flood of offers cannot
 /// exhaust memory; ~65 KB each (notes §3).
 const MAX_CONNECTIONS: usize = 512;
@@ -115,6 +118,8 @@ struct Conn {
     /// `peer_disconnected` was reported, or never will be (closed before it
     /// opened, replaced). Guards the "exactly once".
     reported_end: bool,
+    /// Inputs fed since the last poll (see [`Mesh::defer_pump`]).
+    unpolled: usize,
 }
 
 #[derive(Default)]
@@ -135,6 +140,8 @@ pub struct Mesh {
     /// Server-reflexive candidates as (address, base), from STUN.
     srflx_candidates: VecDeque<(SocketAddr, SocketAddr)>,
     conns: Vec<Conn>,
+    /// Some connection has `unpolled` set.
+    unpolled: bool,
     peers: BTreeMap<String, PeerState>,
     /// The peers of the last `peer_list`.
     listed: BTreeSet<String>,
@@ -168,6 +175,7 @@ impl Mesh {
             outputs: VecDeque::new(),
             rng,
             last_now: now,
+            unpolled: false,
             shutting_down: false,
         }
     }
@@ -242,11 +250,15 @@ impl Mesh {
 
     /// Next thing to do, if any.
     pub fn poll_output(&mut self) -> Option<MeshOutput> {
+        self.settle();
         self.outputs.pop_front()
     }
 
     /// When [`Mesh::handle_timeout`] is due next (earlier is harmless).
     pub fn poll_timeout(&self) -> Instant {
+        if self.unpolled {
+            return self.last_now;
+        }
         let mut t = self.last_now + IDLE_WAKEUP;
         for c in &self.conns {
             t = t.min(c.deadline);
@@ -372,8 +384,7 @@ impl Mesh {
         match idx {
             Some(idx) => {
                 self.conns[idx].link.handle_receive(now, source, destination, bytes);
-                self.pump(idx, now);
-                self.reap(now);
+                self.defer_pump(idx);
             }
             None => log::trace!("dropping {} byte datagram from {source}: no link claims it", bytes.len()),
         }
@@ -414,8 +425,8 @@ impl Mesh {
     pub fn handle_command(&mut self, from: AgentId, cmd: Command, now: Instant) {
         self.touch(now);
         match cmd {
-            Command::Send { target_peer, message } => self.cmd_send(from, &target_peer, &message, now),
-            Command::Broadcast { message } => self.cmd_broadcast(from, &message, now),
+            Command::Send { target_peer, message } => self.cmd_send(from, &target_peer, &message),
+            Command::Broadcast { message } => self.cmd_broadcast(from, &message),
             Command::ListPeers => {
                 let peers = self.open_peers();
                 self.reply(from, Event::PeerList { peers });
@@ -665,14 +676,14 @@ impl Mesh {
 
     // ----- commands -----
 
-    fn cmd_send(&mut self, from: AgentId, target: &str, message: &MeshMessage, now: Instant) {
+    fn cmd_send(&mut self, from: AgentId, target: &str, message: &MeshMessage) {
         let text = message.to_json();
-        if let Err((code, msg)) = self.send_text(target, &text, now) {
+        if let Err((code, msg)) = self.send_text(target, &text) {
             self.reply_error(from, code, msg, "send", Some(target));
         }
     }
 
-    fn cmd_broadcast(&mut self, from: AgentId, message: &MeshMessage, now: Instant) {
+    fn cmd_broadcast(&mut self, from: AgentId, message: &MeshMessage) {
         let text = message.to_json();
         let limit = self.config.link.max_message_bytes;
         if text.len() > limit {
@@ -681,13 +692,13 @@ impl Mesh {
             return;
         }
         for peer in self.open_peers() {
-            if let Err((code, msg)) = self.send_text(&peer, &text, now) {
+            if let Err((code, msg)) = self.send_text(&peer, &text) {
                 self.reply_error(from, code, msg, "broadcast", Some(&peer));
             }
         }
     }
 
-    fn send_text(&mut self, target: &str, text: &str, now: Instant) -> Result<(), (&'static str, String)> {
+    fn send_text(&mut self, target: &str, text: &str) -> Result<(), (&'static str, String)> {
         let limit = self.config.link.max_message_bytes;
         if text.len() > limit {
             return Err((
@@ -703,8 +714,7 @@ impl Mesh {
             });
         };
         let result = self.conns[idx].link.send(text);
-        self.pump(idx, now);
-        self.reap(now);
+        self.defer_pump(idx);
         result.map_err(|e| {
             let code = match e {
                 SendError::TooLarge { .. } => error_codes::TOO_LARGE,
@@ -770,6 +780,7 @@ impl Mesh {
             deadline: now,
             opened: false,
             reported_end: false,
+            unpolled: 0,
         });
         self.peers.entry(peer.to_owned()).or_default().current = Some(id);
         id
@@ -906,6 +917,39 @@ impl Mesh {
 
     /// Drops connections that finished draining. A current link that died
     /// without saying so still gets its end reported first.
+    /// Polling a link walks its whole SCTP send queue (sctp-proto looks for
+    /// chunks to retransmit on every poll), so a burst of datagrams or `send`
+    /// commands is fed first and polled once, at the next
+    /// [`Mesh::poll_output`]; polling after every SACK cost half of the
+    /// sender's CPU under bulk traffic. But not too many: the DTLS layer
+    /// (dimpl) keeps at most 30 unprocessed records and drops the rest,
+    /// which stalls SCTP until its retransmission timer.
+    fn defer_pump(&mut self, idx: usize) {
+        let conn = &mut self.conns[idx];
+        conn.unpolled += 1;
+        if conn.unpolled >= MAX_UNPOLLED_INPUTS {
+            conn.unpolled = 0;
+            self.pump(idx, self.last_now);
+        }
+        // Reaping, and polling what is left, happen in `settle`.
+        self.unpolled = true;
+    }
+
+    /// Polls the links that were fed input since their last poll.
+    fn settle(&mut self) {
+        if !self.unpolled {
+            return;
+        }
+        self.unpolled = false;
+        let now = self.last_now;
+        for idx in 0..self.conns.len() {
+            if std::mem::take(&mut self.conns[idx].unpolled) > 0 {
+                self.pump(idx, now);
+            }
+        }
+        self.reap(now);
+    }
+
     fn reap(&mut self, now: Instant) {
         for idx in 0..self.conns.len() {
             let c = &self.conns[idx];
@@ -1005,6 +1049,9 @@ mod tests {
         swallow_register: HashSet<String>,
         /// Every relayed `ice_candidate`, as (from, to, candidate line).
         candidates: Vec<(String, String, String)>,
+        /// Feed a node every datagram due at once before draining it, as
+        /// the shell does with what its socket holds.
+        burst_delivery: bool,
     }
 
     fn node_addr(i: usize, generation: u16) -> SocketAddr {
@@ -1043,6 +1090,7 @@ mod tests {
                 statuses: Vec::new(),
                 swallow_register: HashSet::new(),
                 candidates: Vec::new(),
+                burst_delivery: false,
             }
         }
 
@@ -1214,8 +1262,15 @@ mod tests {
                 }
                 let Some(i) = self.nodes.iter().position(|n| n.up && n.addr == p.to) else { continue };
                 self.nodes[i].mesh.handle_datagram(now, p.from, p.to, &p.contents);
-                let id = self.nodes[i].id.clone();
-                self.drain(&id);
+                if !self.burst_delivery {
+                    let id = self.nodes[i].id.clone();
+                    self.drain(&id);
+                }
+            }
+            if self.burst_delivery {
+                for id in self.nodes.iter().filter(|n| n.up).map(|n| n.id.clone()).collect::<Vec<_>>() {
+                    self.drain(&id);
+                }
             }
             while self.frames.front().is_some_and(|f| f.at <= now) {
                 let f = self.frames.pop_front().unwrap();
@@ -1652,6 +1707,27 @@ mod tests {
         assert!(w.run_until(Duration::from_secs(10), |w| w.messages("bravo").len() == accepted));
         w.send("alpha", "bravo", "after", Value::Null);
         assert_eq!(w.errors("alpha").len(), 1);
+    }
+
+    #[test]
+    fn bulk_traffic_fed_in_bursts_flows_without_stalls() {
+        let mut w = pair();
+        w.burst_delivery = true;
+        // Each 16 KiB message is 15 datagrams, all due at the same instant:
+        // bursts far over the 30 records the DTLS layer holds unpolled.
+        let chunk = "b".repeat(16_000);
+        let started = w.now;
+        let mut accepted = 0;
+        for _ in 0..100 {
+            w.send("alpha", "bravo", "bulk", json!(chunk));
+            if w.errors("alpha").is_empty() {
+                accepted += 1;
+            }
+        }
+        assert!(accepted >= 8, "only {accepted} accepted");
+        // Dropped records would wait for SCTP's retransmission timer (1 s+).
+        assert!(w.run_until(Duration::from_millis(300), |w| w.messages("bravo").len() == accepted));
+        assert!(w.now - started < Duration::from_millis(300));
     }
 
     #[test]

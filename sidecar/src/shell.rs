@@ -380,8 +380,8 @@ impl Node {
         for _ in 0..INPUT_BATCH {
             let Ok((agent, cmd)) = commands.try_recv() else { break };
             self.mesh.handle_command(agent, cmd, Instant::now());
-            self.flush();
         }
+        self.flush();
     }
 
     fn drain_socket(&mut self) {
@@ -402,9 +402,8 @@ impl Node {
                         continue;
                     }
                     self.mesh.handle_datagram(now, d.source, destination, bytes);
-                    self.flush();
                 }
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => {
                     // ICMP errors of earlier sends surface here; they concern
                     // one peer, not the socket.
@@ -412,6 +411,8 @@ impl Node {
                 }
             }
         }
+        // The mesh polls the links fed above once, for the whole batch.
+        self.flush();
     }
 
     /// Looks the STUN servers up and starts a round of requests. Literal
