@@ -40,10 +40,12 @@ pub const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// SPEC §5.3: messages are never larger than this, whatever the config says.
 const MESSAGE_BYTES_CEILING: usize = 256 * 1024;
-/// str0m's default. Larger buffers make sctp-proto slower (notes §3), so it is
-/// only raised when a configured message would not fit, because a message
-/// larger than the buffer is never accepted (notes pitfall 2).
-const SCTP_SEND_BUFFER: usize = 128 * 1024;
+/// Half of str0m's default: sctp-proto walks everything in flight on each
+/// poll, so a smaller buffer is faster (notes §3; 16 KiB messages over
+/// loopback: 30 MB/s at 128 KiB, 35 MB/s at 64 KiB). It is raised when a
+/// configured message would not fit, because a message larger than the
+/// buffer is never accepted (notes pitfall 2).
+const SCTP_SEND_BUFFER: usize = 64 * 1024;
 /// RFC 8841 §6.1: what a peer that does not advertise `a=max-message-size`
 /// accepts.
 const REMOTE_MAX_MESSAGE_DEFAULT: usize = 64 * 1024;
