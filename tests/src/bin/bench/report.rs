@@ -121,6 +121,45 @@ pub fn rss_bytes(pid: u32) -> Result<u64, String> {
     Ok(kib * 1024)
 }
 
+/// What VmRSS is made of, for a note: private memory (`RssAnon`), mapped
+/// files (`RssFile`), and how much of the latter is the executable itself.
+/// The kernel maps a binary's page cache in large folios, so an executable
+/// that was just built or copied is resident almost whole after a few
+/// faults; that part is shared, clean and reclaimable, unlike `RssAnon`.
+pub fn rss_breakdown(pid: u32) -> Result<String, String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| format!("/proc/{pid}/exe: {e}"))?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|e| format!("/proc/{pid}/smaps: {e}"))?;
+    let (mut in_exe, mut exe_kib) = (false, 0u64);
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("Rss:") if in_exe => exe_kib += words.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
+            Some(range) if range.contains('-') && !range.ends_with(':') => {
+                in_exe = line.ends_with(&*exe.to_string_lossy());
+            }
+            _ => {}
+        }
+    }
+    let mib = |k: u64| k as f64 / 1024.0;
+    Ok(format!(
+        "of which private (RssAnon) {:.2} MiB, mapped files (RssFile) {:.2} MiB: the executable {:.2} MiB, shared \
+         libraries the rest",
+        mib(kib("RssAnon:")),
+        mib(kib("RssFile:")),
+        mib(exe_kib)
+    ))
+}
+
 /// User plus system CPU time of a whole process so far.
 pub fn process_cpu(pid: u32) -> Result<Duration, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
@@ -216,6 +255,14 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rss_breakdown_finds_the_executable_among_the_mappings() {
+        let note = rss_breakdown(std::process::id()).unwrap();
+        let exe_mib: f64 =
+            note.split("the executable ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+        assert!(exe_mib > 0.0, "{note}");
+    }
 
     #[test]
     fn formats_and_ranks() {

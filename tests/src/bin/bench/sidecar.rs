@@ -122,6 +122,7 @@ fn idle(report: &mut Report) -> Result<(), String> {
     let rss = report::rss_bytes(pid)?;
     report.figure("sidecar idle RSS", rss as f64, Unit::MiB, Budget::AtMost(4.0 * MIB));
     report.note("VmRSS 500 ms after registering with the registry, one agent attached, no peers");
+    report.note(&report::rss_breakdown(pid)?);
     report.note(&format!("threads when idle: {}", report::thread_names(pid).join(", ")));
     s.signal("TERM");
     Ok(())
@@ -246,6 +247,7 @@ fn mesh(report: &mut Report, opts: &Options) -> Result<(), String> {
     let rss = report::rss_bytes(pid)?;
     report.figure("sidecar RSS with 10 open peers", rss as f64, Unit::MiB, Budget::AtMost(8.0 * MIB));
     report.note("bench-s00 of the 11-sidecar mesh, 500 ms after its agent saw all 10 peer_connected, no traffic yet");
+    report.note(&report::rss_breakdown(pid)?);
     let threads = report::threads(pid)?;
     report.figure("sidecar threads, steady state", threads as f64, Unit::Count("threads"), Budget::Exactly(2.0));
     report.note(&format!(
