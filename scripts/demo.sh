@@ -63,5 +63,6 @@ for name in "${agents[@]}"; do
     run "agent-$name" python3 -u "$root/examples/agent.py" --socket "$demo/$name.sock" --name "$name"
 done
 
+echo "== dashboard: http://127.0.0.1:$port/ (admin actions take the ak_admin_… key of $keys)"
 echo "== running; press Ctrl-C to stop"
 wait
