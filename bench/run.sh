@@ -16,12 +16,14 @@ cd "$(dirname "$0")/.."
 
 section=${1:-registry}
 case "$section" in
-    registry) packages="-p chatixia-registry" ;;
-    sidecar) packages="-p chatixia-registry -p chatixia-sidecar" ;;
-    # all (and anything else, which the bench rejects): build every binary.
-    *) packages="--workspace" ;;
+    registry) packages="chatixia-registry" ;;
+    # sidecar, all (and anything else, which the bench rejects): both.
+    *) packages="chatixia-registry chatixia-sidecar" ;;
 esac
-# shellcheck disable=SC2086 # $packages is a list of arguments
-cargo build --release --bins $packages
+# One package per build, as cross/build.sh does: built together, cargo would
+# unify features of shared crates (the registry's ureq would get rustls).
+for package in $packages; do
+    cargo build --release --bins -p "$package"
+done
 if [ $# -eq 0 ]; then set -- "$section"; fi
 exec cargo run --release -p chatixia-e2e --bin bench -- "$@"
