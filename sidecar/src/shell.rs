@@ -154,6 +154,26 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// Deadlines further away than this are far-off keepalives and refreshes,
+/// not retransmissions or handshakes.
+const COALESCE_AFTER: Duration = Duration::from_secs(2);
+/// Far-off deadlines are rounded up to a multiple of this, so the keepalives
+/// of many links (each pair of each link has its own) share one wake-up.
+const COALESCE_GRID: Duration = Duration::from_millis(250);
+
+/// When to wake for `deadline`: exactly then if it is near, else at the
+/// next `COALESCE_GRID` boundary counted from `epoch`. Late by less than the
+/// grid, which no far-off deadline minds.
+fn coalesce(deadline: Instant, now: Instant, epoch: Instant) -> Instant {
+    if deadline <= now + COALESCE_AFTER {
+        return deadline;
+    }
+    let grid = COALESCE_GRID.as_nanos();
+    let slots = deadline.saturating_duration_since(epoch).as_nanos().div_ceil(grid);
+    let rounded = Duration::from_nanos(u64::try_from(slots * grid).unwrap_or(u64::MAX));
+    epoch.checked_add(rounded).unwrap_or(deadline)
+}
+
 fn status_line(registry: RegistryState, peers: usize) -> String {
     format!("registry {}, {peers} peers", registry.as_str())
 }
@@ -285,6 +305,11 @@ impl Node {
         let watchdog = systemd::watchdog_interval();
         let mut next_watchdog = watchdog.map(|w| Instant::now() + w);
         let mut timer = Timer::never();
+        // Re-arming an async-io timer wakes the reactor (an eventfd write,
+        // a spurious epoll return, a timerfd update), so it is re-armed only
+        // when the deadline moves or after it fired.
+        let mut armed: Option<Instant> = None;
+        let epoch = Instant::now();
         let mut last_status = (RegistryState::Down, 0);
         loop {
             let mut deadline = self.mesh.poll_timeout();
@@ -294,7 +319,11 @@ impl Node {
             if let Some(t) = self.stun.as_ref().and_then(|s| s.gatherer.poll_timeout()) {
                 deadline = deadline.min(t);
             }
-            timer.set_at(deadline);
+            let wake_at = coalesce(deadline, Instant::now(), epoch);
+            if armed != Some(wake_at) {
+                timer.set_at(wake_at);
+                armed = Some(wake_at);
+            }
             let udp = &self.udp;
             let lookup = self.stun.as_mut().and_then(|s| s.lookup.as_mut());
             let wake = or(
@@ -336,7 +365,8 @@ impl Node {
                 Wake::Command((agent, cmd)) => self.mesh.handle_command(agent, cmd, now),
                 Wake::Signaling(ev) => self.on_signaling(ev, now),
                 Wake::Looked(result) => self.on_stun_lookup(result, now),
-                Wake::Socket | Wake::Timer => {}
+                Wake::Timer => armed = None,
+                Wake::Socket => {}
             }
             self.flush();
             self.service(commands, signaling);
@@ -546,5 +576,31 @@ impl Node {
             self.mesh.handle_timeout(now);
             self.flush();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn near_deadlines_are_kept_and_far_ones_share_grid_slots() {
+        let epoch = Instant::now();
+        let now = epoch + Duration::from_secs(10);
+        let near = now + Duration::from_millis(1_999);
+        assert_eq!(coalesce(near, now, epoch), near);
+        let past = now - Duration::from_millis(5);
+        assert_eq!(coalesce(past, now, epoch), past);
+        // Two keepalives 100 ms apart inside one slot wake together, at the
+        // slot's end, never before either is due and never a slot late.
+        let first = now + Duration::from_millis(6_010);
+        let second = now + Duration::from_millis(6_110);
+        let slot = epoch + Duration::from_millis(16_250);
+        assert_eq!(coalesce(first, now, epoch), slot);
+        assert_eq!(coalesce(second, now, epoch), slot);
+        assert!(slot - first < COALESCE_GRID);
+        // On a boundary already: not moved.
+        let exact = epoch + Duration::from_millis(16_000);
+        assert_eq!(coalesce(exact, now, epoch), exact);
     }
 }
