@@ -73,18 +73,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
 
 pub fn run(report: &mut Report, args: &[String]) -> Result<(), String> {
     let opts = parse(args)?;
-    report.note_binary("chatixia-registry");
-    // The registries inherit this environment; say what would change them.
-    for name in ["WS_RATE_LIMIT", "WS_SEND_QUEUE", "MAX_CONNECTIONS", "STATE_DIR", "STATE_DIRECTORY", "RUST_LOG"] {
-        if let Ok(value) = std::env::var(name) {
-            report.note(&format!("warning: {name}={value} is set here and applies unless the bench sets it"));
-        }
-    }
-    report.note(&format!(
-        "{} cores, load average {} at start: speed figures need an otherwise quiet machine",
-        report::cores(),
-        report::load_average()
-    ));
+    report.note_setup(
+        "chatixia-registry",
+        &["WS_RATE_LIMIT", "WS_SEND_QUEUE", "MAX_CONNECTIONS", "STATE_DIR", "STATE_DIRECTORY", "RUST_LOG"],
+    );
     // Each client is a socket here and one in the registry, which inherits the limit.
     let nofile = report::raise_nofile(CLIENTS as u64 + 512)?;
     if nofile < CLIENTS as u64 + 64 {

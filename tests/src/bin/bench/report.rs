@@ -60,13 +60,26 @@ impl Report {
 
     /// Notes which binary of `name` a section measures and its size, with a
     /// warning when it is not a release build (budgets are for those).
-    pub fn note_binary(&self, name: &str) {
+    /// What a section measures and under which conditions: the binary, the
+    /// settings in this environment that its processes inherit (`inherited`),
+    /// and how busy the machine is.
+    pub fn note_setup(&self, name: &str, inherited: &[&str]) {
         let bin = chatixia_e2e::bin_path(name);
         let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
         self.note(&format!("{name} binary {} ({} bytes)", bin.display(), thousands(size)));
         if !bin.components().any(|c| c.as_os_str() == "release") {
             self.note("warning: that is not in a release directory; budgets are for release builds");
         }
+        for name in inherited {
+            if let Ok(value) = std::env::var(name) {
+                self.note(&format!("warning: {name}={value} is set here and applies unless the bench sets it"));
+            }
+        }
+        self.note(&format!(
+            "{} cores, load average {} at start: speed figures need an otherwise quiet machine",
+            cores(),
+            load_average()
+        ));
     }
 
     pub fn note(&self, text: &str) {
@@ -112,13 +125,20 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// `/proc/PID/status` of a process.
+fn proc_status(pid: u32) -> Result<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("/proc/{pid}/status: {e}"))
+}
+
+/// The KiB figure of a `Key:  N kB` line of `/proc/PID/status`.
+fn status_kib(status: &str, key: &str) -> Result<u64, String> {
+    let line = status.lines().find(|l| l.starts_with(key)).ok_or(format!("no {key} line"))?;
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or(format!("bad {key} line"))
+}
+
 /// VmRSS of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> Result<u64, String> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or("no VmRSS line")?;
-    let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or("bad VmRSS line")?;
-    Ok(kib * 1024)
+    Ok(status_kib(&proc_status(pid)?, "VmRSS:")? * 1024)
 }
 
 /// What VmRSS is made of, for a note: private memory (`RssAnon`), mapped
@@ -127,16 +147,7 @@ pub fn rss_bytes(pid: u32) -> Result<u64, String> {
 /// that was just built or copied is resident almost whole after a few
 /// faults; that part is shared, clean and reclaimable, unlike `RssAnon`.
 pub fn rss_breakdown(pid: u32) -> Result<String, String> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    let kib = |key: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let status = proc_status(pid)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| format!("/proc/{pid}/exe: {e}"))?;
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|e| format!("/proc/{pid}/smaps: {e}"))?;
     let (mut in_exe, mut exe_kib) = (false, 0u64);
@@ -154,8 +165,8 @@ pub fn rss_breakdown(pid: u32) -> Result<String, String> {
     Ok(format!(
         "of which private (RssAnon) {:.2} MiB, mapped files (RssFile) {:.2} MiB: the executable {:.2} MiB, shared \
          libraries the rest",
-        mib(kib("RssAnon:")),
-        mib(kib("RssFile:")),
+        mib(status_kib(&status, "RssAnon:")?),
+        mib(status_kib(&status, "RssFile:")?),
         mib(exe_kib)
     ))
 }

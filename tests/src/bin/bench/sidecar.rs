@@ -80,17 +80,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
 
 pub fn run(report: &mut Report, args: &[String]) -> Result<(), String> {
     let opts = parse(args)?;
-    report.note_binary("chatixia-sidecar");
-    for name in ["MAX_MESSAGE_BYTES", "TURN_URL", "ICE_TRANSPORT_POLICY", "RUST_LOG"] {
-        if let Ok(value) = std::env::var(name) {
-            report.note(&format!("warning: {name}={value} is set here and applies unless the bench sets it"));
-        }
-    }
-    report.note(&format!(
-        "{} cores, load average {} at start: speed figures need an otherwise quiet machine",
-        report::cores(),
-        report::load_average()
-    ));
+    report.note_setup("chatixia-sidecar", &["MAX_MESSAGE_BYTES", "TURN_URL", "ICE_TRANSPORT_POLICY", "RUST_LOG"]);
     report::raise_nofile(4096)?;
     // The harness panics when a process does not come up; a failed run, not a crash.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), String> {
