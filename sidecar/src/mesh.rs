@@ -530,21 +530,15 @@ impl Mesh {
             log::warn!("refusing the offer of {peer}: {} connections already", self.conns.len());
             return;
         }
-        let (mut link, answer) = match PeerLink::new_answerer(sdp, &self.local_candidates, &self.config.link, now) {
+        let (link, answer) = match PeerLink::new_answerer(sdp, &self.local_candidates, &self.config.link, now) {
             Ok(pair) => pair,
             Err(e) => {
                 log::warn!("cannot answer the offer of {peer}: {e}");
                 return;
             }
         };
-        link.set_name(peer);
-        let id = self.add_conn(peer, link, false, now);
-        self.send_sdp(types::ANSWER, peer, answer, id);
+        self.launch(peer, link, types::ANSWER, answer, now);
         log::info!("answered the offer of {peer}");
-        if let Some(idx) = self.index(id) {
-            self.trickle_all_srflx(idx);
-            self.pump(idx, now);
-        }
         self.reap(now);
     }
 
@@ -586,25 +580,31 @@ impl Mesh {
             log::warn!("not offering to {peer}: {} connections already", self.conns.len());
             return;
         }
-        let (mut link, offer) = match PeerLink::new_offerer(&self.local_candidates, &self.config.link, now) {
+        let (link, offer) = match PeerLink::new_offerer(&self.local_candidates, &self.config.link, now) {
             Ok(pair) => pair,
             Err(e) => {
                 log::warn!("cannot make an offer for {peer}: {e}");
                 return;
             }
         };
-        link.set_name(peer);
-        let id = self.add_conn(peer, link, true, now);
-        self.send_sdp(types::OFFER, peer, offer, id);
+        self.launch(peer, link, types::OFFER, offer, now);
         log::info!("offered to {peer}");
+    }
+
+    /// Sends an offer or answer, then trickles the host candidates it
+    /// carries, for stacks that only look at trickled ones.
+    /// Takes a new link to `peer` into the mesh and sends its `kind` (offer
+    /// or answer) with `sdp`, then the server-reflexive candidates known.
+    fn launch(&mut self, peer: &str, mut link: PeerLink, kind: &str, sdp: String, now: Instant) {
+        link.set_name(peer);
+        let id = self.add_conn(peer, link, kind == types::OFFER, now);
+        self.send_sdp(kind, peer, sdp, id);
         if let Some(idx) = self.index(id) {
             self.trickle_all_srflx(idx);
             self.pump(idx, now);
         }
     }
 
-    /// Sends an offer or answer, then trickles the host candidates it
-    /// carries, for stacks that only look at trickled ones.
     fn send_sdp(&mut self, kind: &str, peer: &str, sdp: String, id: ConnId) {
         let mid = self.conn(id).and_then(|c| c.link.mid());
         let candidates: Vec<String> = sdp
