@@ -13,8 +13,10 @@
 //! context lines start with `#`. Exit status: 0 all within budget, 1 some
 //! figure over budget, 2 usage error or a failed run.
 //!
-//! A section is a module with `run(&mut Report, &[String])`; add it to
-//! [`SECTIONS`] (and its binaries to `bench/run.sh`).
+//! A section is a module with `run(&mut Report, &[String])` and its
+//! `FLAGS`; add it to [`SECTIONS`] (and its binaries to `bench/run.sh`).
+//! Each section is handed only its own options, so `bench all` takes the
+//! options of every section.
 
 mod registry;
 mod report;
@@ -24,19 +26,54 @@ use report::Report;
 use std::process::ExitCode;
 
 type Section = fn(&mut Report, &[String]) -> Result<(), String>;
+/// A section's options: the flag, and whether a value follows it.
+type Flags = &'static [(&'static str, bool)];
 
-/// name, what it measures, entry point.
-const SECTIONS: &[(&str, &str, Section)] = &[
-    ("registry", "registry RSS idle and with 1,000 clients, relay throughput and latency", registry::run),
-    ("sidecar", "sidecar RSS, threads, idle CPU, start to peer_connected, round trip, throughput, mesh", sidecar::run),
+/// name, what it measures, entry point, options.
+const SECTIONS: &[(&str, &str, Section, Flags)] = &[
+    (
+        "registry",
+        "registry RSS idle and with 1,000 clients, relay throughput and latency",
+        registry::run,
+        registry::FLAGS,
+    ),
+    (
+        "sidecar",
+        "sidecar RSS, threads, idle CPU, start to peer_connected, round trip, throughput, mesh",
+        sidecar::run,
+        sidecar::FLAGS,
+    ),
 ];
+
+/// The options in `args` that belong to a section with `own` flags; those
+/// of other sections are left out, anything else is an error.
+fn section_args(args: &[String], own: Flags) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let flag = |flags: Flags| flags.iter().find(|(name, _)| name == arg).copied();
+        if let Some((_, takes_value)) = flag(own) {
+            out.push(arg.clone());
+            if takes_value {
+                out.extend(it.next().cloned());
+            }
+        } else if let Some((_, takes_value)) = SECTIONS.iter().find_map(|s| flag(s.3)) {
+            if takes_value {
+                it.next();
+            }
+        } else {
+            return Err(format!("unknown option {arg:?}"));
+        }
+    }
+    Ok(out)
+}
 
 fn usage() -> String {
     let mut text = String::from(
         "usage: bench SECTION [OPTIONS]   (or: bench all)\n\
          Measures SPEC §7 figures of the release binaries on 127.0.0.1.\n\nsections:\n",
     );
-    for (name, what, _) in SECTIONS {
+    for (name, what, _, _) in SECTIONS {
         text.push_str(&format!("  {name:<10} {what}\n"));
     }
     text.push_str("\nregistry options:\n");
@@ -56,10 +93,10 @@ fn main() -> ExitCode {
         print!("{}", usage());
         return ExitCode::SUCCESS;
     }
-    let chosen: Vec<&(&str, &str, Section)> = if section == "all" {
+    let chosen: Vec<&(&str, &str, Section, Flags)> = if section == "all" {
         SECTIONS.iter().collect()
     } else {
-        match SECTIONS.iter().find(|(name, _, _)| name == section) {
+        match SECTIONS.iter().find(|(name, _, _, _)| name == section) {
             Some(s) => vec![s],
             None => {
                 eprintln!("bench: unknown section {section:?}\n\n{}", usage());
@@ -71,9 +108,9 @@ fn main() -> ExitCode {
         println!("# warning: the bench itself is a debug build; run it with --release (bench/run.sh does)");
     }
     let mut report = Report::default();
-    for (name, _, run) in chosen {
+    for (name, _, run, flags) in chosen {
         println!("# section {name}");
-        if let Err(e) = run(&mut report, &args[1..]) {
+        if let Err(e) = section_args(&args[1..], flags).and_then(|own| run(&mut report, &own)) {
             eprintln!("bench {name}: {e}");
             return ExitCode::from(2);
         }
@@ -84,5 +121,22 @@ fn main() -> ExitCode {
     } else {
         println!("# all {} figures within budget", report.figures);
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn each_section_gets_only_its_own_options() {
+        let args = strings(&["--client-threads", "2", "--window", "8", "--quick"]);
+        assert_eq!(section_args(&args, sidecar::FLAGS).unwrap(), strings(&["--window", "8", "--quick"]));
+        assert_eq!(section_args(&args, registry::FLAGS).unwrap(), strings(&["--client-threads", "2"]));
+        assert!(section_args(&strings(&["--bogus"]), sidecar::FLAGS).is_err());
     }
 }

@@ -19,6 +19,7 @@ use std::future::Future;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+pub const FLAGS: &[(&str, bool)] = &[("--client-threads", true)];
 pub const OPTIONS: &str = "  --client-threads N  relay clients: 1 = sender and receiver share a thread,\n                      2 = a thread each [default: 2 with 4+ cores, else 1]\n";
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -59,11 +60,6 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--client-threads" => {
                 let n = it.next().and_then(|v| v.parse().ok()).filter(|n| (1..=2).contains(n));
                 opts.client_threads = n.ok_or("--client-threads takes 1 or 2")?;
-            }
-            // The sidecar section's options (`bench all --quick`); no registry figure is long.
-            "--quick" => {}
-            "--window" => {
-                it.next();
             }
             other => return Err(format!("unknown registry option {other:?}")),
         }
