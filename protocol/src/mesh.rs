@@ -6,6 +6,13 @@ use serde_json::Value;
 /// Label of the DataChannel the offerer creates.
 pub const DATA_CHANNEL_LABEL: &str = "mesh";
 
+/// Largest serialized message sent by default (`MAX_MESSAGE_BYTES`): every
+/// IPC `message` line then stays under the 64 KiB the original Python agent
+/// reads, and every message fits the original sidecar's 65,535-byte limit.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 65_000;
+/// No setting raises the message limit beyond this (docs/PROTOCOL.md).
+pub const MAX_MESSAGE_BYTES_CEILING: usize = 256 * 1024;
+
 /// One text DataChannel message. Defaults are filled and all five keys are
 /// always emitted; unknown keys are dropped; a missing or non-string `type`
 /// is rejected.

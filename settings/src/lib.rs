@@ -3,10 +3,12 @@
 //! environment over `.env`, and `.env` over the built-in default.
 //!
 //! Kept dependency-free and tiny: the sidecar's binary budget is 4 MiB.
-//! [`systemd`] is the other piece of process glue both daemons share.
+//! [`systemd`], [`durable`] and [`text`] are the other pieces of process glue
+//! both daemons share.
 
 pub mod durable;
 pub mod systemd;
+pub mod text;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

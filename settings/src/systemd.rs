@@ -3,6 +3,7 @@
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub struct Notifier {
@@ -59,6 +60,24 @@ impl Notifier {
 
     pub fn stopping(&self) {
         self.send("STOPPING=1");
+    }
+}
+
+/// The first directory systemd lists in `var` (`STATE_DIRECTORY`,
+/// `RUNTIME_DIRECTORY`): it separates several with `:`.
+pub fn directory(var: &str) -> Option<PathBuf> {
+    let dirs = std::env::var_os(var)?;
+    let dirs = dirs.to_string_lossy();
+    let first = dirs.split(':').next().unwrap_or_default();
+    (!first.is_empty()).then(|| PathBuf::from(first))
+}
+
+/// The state directory of either daemon: the `STATE_DIR` setting when
+/// given, else systemd's `$STATE_DIRECTORY`, else `./chatixia-state`.
+pub fn state_dir(explicit: Option<&str>) -> PathBuf {
+    match explicit {
+        Some(dir) => PathBuf::from(dir),
+        None => directory("STATE_DIRECTORY").unwrap_or_else(|| PathBuf::from("chatixia-state")),
     }
 }
 
