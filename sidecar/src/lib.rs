@@ -1,12 +1,7 @@
-//! chatixia-sidecar: sans-IO mesh core, str0m peers, IPC and signaling.
+//! chatixia-sidecar: the sans-IO core (`core/`: node, mesh, links, STUN,
+//! the agents' side) and the smol shell around it (`shell/`: UDP, the
+//! agents' socket, the registry client, TLS, signals). docs/ARCHITECTURE.md
+//! is the map.
 
-pub mod http;
-pub mod ipc;
-pub mod mesh;
-pub mod net;
-pub mod pair;
-pub mod peer;
+pub mod core;
 pub mod shell;
-pub mod signaling;
-pub mod stun;
-pub mod tls;

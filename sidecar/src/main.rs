@@ -1,18 +1,22 @@
 //! `chatixia-sidecar`: settings and logging, then the smol shell.
 
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use chatixia_protocol::mesh::{DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES_CEILING};
+use chatixia_settings::systemd::{directory, state_dir};
+use chatixia_settings::text::printable;
 use chatixia_settings::{ParseError, Setting, Settings};
-use chatixia_sidecar::ipc::IpcConfig;
-use chatixia_sidecar::mesh::MeshConfig;
-use chatixia_sidecar::net::local_host_addresses;
-use chatixia_sidecar::pair;
-use chatixia_sidecar::peer::{DEFAULT_MAX_MESSAGE_BYTES, LinkConfig};
-use chatixia_sidecar::shell::{self, NodeConfig};
-use chatixia_sidecar::signaling::{Credential, SignalingConfig};
-use chatixia_sidecar::tls;
+use chatixia_sidecar::core::ipc::IpcConfig;
+use chatixia_sidecar::core::mesh::MeshConfig;
+use chatixia_sidecar::core::peer::LinkConfig;
+use chatixia_sidecar::core::urls;
+use chatixia_sidecar::shell::interfaces::local_host_addresses;
+use chatixia_sidecar::shell::signaling::{Credential, SignalingConfig};
+use chatixia_sidecar::shell::{self, ShellConfig, pair, tls};
 
 const SETTINGS: &[Setting] = &[
     Setting::value("API_KEY", None, "API key exchanged for a signaling token"),
@@ -69,8 +73,6 @@ const PAIR_ABOUT: &str = "redeem a pairing code and store the device token for t
                           1 refused or unreachable, 2 bad usage)";
 
 const ABOUT: &str = "per-agent daemon of chatixia-mesh edge: WebRTC DataChannel mesh bridged to a Unix socket";
-/// SPEC §5.3.
-const MESSAGE_CEILING: usize = 256 * 1024;
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("pair") {
@@ -146,7 +148,7 @@ fn pair_main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let dir = pair::state_dir(settings.get("STATE_DIR"));
+    let dir = state_dir(settings.get("STATE_DIR"));
     let path = match pair::store_token(&dir, &paired.device_token) {
         Ok(path) => path,
         Err(e) => {
@@ -155,21 +157,21 @@ fn pair_main() -> ExitCode {
             eprintln!(
                 "{program}: paired as entry {}, but storing the device token in {} failed: {e}; ask the admin to \
                  reject entry {} and pair again",
-                pair::printable(&paired.id),
+                printable(&paired.id),
                 dir.display(),
-                pair::printable(&paired.id)
+                printable(&paired.id)
             );
             return ExitCode::FAILURE;
         }
     };
-    println!("entry id: {}", pair::printable(&paired.id));
-    println!("peer_id:  {}", pair::printable(&paired.peer_id));
-    println!("status:   {}", pair::printable(&paired.status));
+    println!("entry id: {}", printable(&paired.id));
+    println!("peer_id:  {}", printable(&paired.peer_id));
+    println!("status:   {}", printable(&paired.status));
     println!("device token stored in {} (mode 0600)", path.display());
     println!(
         "Start the sidecar with the same state directory; it joins the mesh once an admin runs \
          `chatixia-registry admin approve {}`.",
-        pair::printable(&paired.id)
+        printable(&paired.id)
     );
     ExitCode::SUCCESS
 }
@@ -181,34 +183,28 @@ fn list(settings: &Settings, name: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn configure(settings: &Settings) -> Result<NodeConfig, String> {
+fn configure(settings: &Settings) -> Result<ShellConfig, String> {
     if let Some(extra) = settings.positional.first() {
         return Err(format!("unexpected argument {extra:?} (see --help)"));
     }
-    let state_dir = pair::state_dir(settings.get("STATE_DIR"));
+    let state_dir = state_dir(settings.get("STATE_DIR"));
     let credential = credential(settings, &state_dir)?;
     let token_url = settings.get("TOKEN_URL").unwrap_or("http://localhost:8080/api/token");
     let signaling_url = settings.get("SIGNALING_URL").unwrap_or("ws://localhost:8080/ws");
     // Said once here: the retry loop would otherwise repeat it forever.
-    chatixia_sidecar::http::check_url(token_url).map_err(|e| format!("TOKEN_URL: {e}"))?;
-    chatixia_sidecar::signaling::ws_endpoint(signaling_url).map_err(|e| format!("SIGNALING_URL: {e}"))?;
+    urls::check_url(token_url).map_err(|e| format!("TOKEN_URL: {e}"))?;
+    urls::ws_endpoint(signaling_url).map_err(|e| format!("SIGNALING_URL: {e}"))?;
     let tls = tls::for_urls(&[token_url, signaling_url], settings.get("REGISTRY_CA_FILE").map(Path::new))?;
 
     let ipc_socket = match settings.get("IPC_SOCKET") {
         Some(p) => PathBuf::from(p),
-        None => match std::env::var_os("RUNTIME_DIRECTORY") {
-            // systemd may list several directories separated by ':'.
-            Some(dirs) => {
-                let dirs = dirs.to_string_lossy().into_owned();
-                PathBuf::from(dirs.split(':').next().unwrap_or_default()).join("sidecar.sock")
-            }
-            None => PathBuf::from("/tmp/chatixia-sidecar.sock"),
-        },
+        None => directory("RUNTIME_DIRECTORY")
+            .map_or_else(|| PathBuf::from("/tmp/chatixia-sidecar.sock"), |dir| dir.join("sidecar.sock")),
     };
 
     let max_message_bytes: usize = settings.parse("MAX_MESSAGE_BYTES")?.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
-    if max_message_bytes == 0 || max_message_bytes > MESSAGE_CEILING {
-        return Err(format!("MAX_MESSAGE_BYTES must be between 1 and {MESSAGE_CEILING}"));
+    if max_message_bytes == 0 || max_message_bytes > MAX_MESSAGE_BYTES_CEILING {
+        return Err(format!("MAX_MESSAGE_BYTES must be between 1 and {MAX_MESSAGE_BYTES_CEILING}"));
     }
     if max_message_bytes > 65_535 {
         log::warn!(
@@ -235,7 +231,7 @@ fn configure(settings: &Settings) -> Result<NodeConfig, String> {
     };
 
     // Empty disables; bad entries are logged and skipped.
-    let stun_servers = chatixia_sidecar::stun::parse_stun_urls(settings.get("STUN_URLS").unwrap_or(""));
+    let stun_servers = urls::parse_stun_urls(settings.get("STUN_URLS").unwrap_or(""));
     if stun_servers.is_empty() {
         log::info!("no STUN servers: links use host and peer-reflexive candidates only");
     } else {
@@ -254,7 +250,7 @@ fn configure(settings: &Settings) -> Result<NodeConfig, String> {
     }
 
     let link = LinkConfig { max_message_bytes, ..LinkConfig::default() };
-    Ok(NodeConfig {
+    Ok(ShellConfig {
         ipc_socket,
         host_addresses,
         stun_servers,

@@ -80,7 +80,7 @@ fn a_paired_sidecar_waits_unseen_joins_on_approval_and_is_shut_out_on_revocation
 
     // No API key: the stored device token. Debug logs of the mesh show when
     // the registry has answered its `register`.
-    let env = [("STATE_DIR", state.to_str().unwrap()), ("RUST_LOG", "info,chatixia_sidecar::mesh=debug")];
+    let env = [("STATE_DIR", state.to_str().unwrap()), ("RUST_LOG", "info,chatixia_sidecar::core::mesh=debug")];
     let device = Sidecar::start_with(reg.port, dir.path(), "", &peer, &env);
     let mut d = device.agent();
     // Logged before the IPC socket is bound, so before the harness returns.

@@ -17,12 +17,12 @@ use chatixia_protocol::claims::TokenResponse;
 use futures_lite::StreamExt;
 use smol::Timer;
 
-use crate::http::{self, Stream};
-use crate::tls::Tls;
+use super::http::{self, Stream};
+use super::tls::Tls;
+use crate::core::backoff::{BACKOFF_MAX, BACKOFF_MIN, Backoff};
+use crate::core::node::SignalingEvent;
+use crate::core::urls::{url_with_token, ws_endpoint};
 
-/// SPEC §6.2.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A connection that lasted this long resets the backoff.
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// A refused credential is retried this slowly: an operator has to act.
@@ -50,94 +50,12 @@ pub struct SignalingConfig {
     pub tls: Option<Tls>,
 }
 
-/// What the client tells the node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SignalingEvent {
-    /// Getting a token or opening the WebSocket.
-    Connecting,
-    /// The WebSocket is up; we are `peer_id`.
-    Connected { peer_id: String },
-    /// A text frame from the registry.
-    Frame(String),
-    /// The WebSocket is gone; a reconnect follows after a backoff.
-    Down,
-}
-
 /// What the node asks of the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
     Frame(String),
     /// Close the WebSocket cleanly and stop.
     Close,
-}
-
-/// Exponential backoff with full jitter: each delay is uniform in
-/// `[0, min(max, min·2^n)]`, so a restarted registry is not hit by every
-/// sidecar at the same instant.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff { min, max, attempt: 0 }
-    }
-
-    /// The next delay; `random` is uniform in [0, 1).
-    pub fn next_delay(&mut self, random: f64) -> Duration {
-        let ceiling = self.min.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        ceiling.mul_f64(random.clamp(0.0, 1.0))
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// `base` with `token=<token>` added to its query, whether or not it
-/// already has one (SPEC §6.2). A fragment is dropped: it never reaches a
-/// server.
-pub fn url_with_token(base: &str, token: &str) -> String {
-    let base = base.split('#').next().unwrap_or(base);
-    let mut url = base.to_owned();
-    if !url.contains('?') {
-        url.push('?');
-    } else if !url.ends_with('?') && !url.ends_with('&') {
-        url.push('&');
-    }
-    url.push_str("token=");
-    for b in token.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            url.push(b as char);
-        } else {
-            url.push_str(&format!("%{b:02X}"));
-        }
-    }
-    url
-}
-
-/// Host and port of a `ws://` or `wss://` URL, and whether it is TLS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-}
-
-pub fn ws_endpoint(url: &str) -> Result<Endpoint, String> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL"))?;
-    let (default_port, tls) = match scheme.to_ascii_lowercase().as_str() {
-        "ws" => (80, false),
-        "wss" => (443, true),
-        other => return Err(format!("unsupported scheme {other:?} in SIGNALING_URL; expected ws:// or wss://")),
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let (host, port) = http::split_host_port(authority, default_port).map_err(|e| format!("{e} in {url:?}"))?;
-    Ok(Endpoint { host, port, tls })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,49 +280,6 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_is_appended_to_any_query() {
-        assert_eq!(url_with_token("ws://h:8080/ws", "a.b-c_d"), "ws://h:8080/ws?token=a.b-c_d");
-        assert_eq!(url_with_token("ws://h/ws?room=1", "t"), "ws://h/ws?room=1&token=t");
-        assert_eq!(url_with_token("ws://h/ws?", "t"), "ws://h/ws?token=t");
-        assert_eq!(url_with_token("ws://h/ws?a=1&", "t"), "ws://h/ws?a=1&token=t");
-        assert_eq!(url_with_token("ws://h/ws#frag", "t+/="), "ws://h/ws?token=t%2B%2F%3D");
-    }
-
-    #[test]
-    fn endpoints_of_ws_urls() {
-        let e = |u: &str| ws_endpoint(u);
-        let plain = |host: &str, port| Endpoint { host: host.into(), port, tls: false };
-        let tls = |host: &str, port| Endpoint { host: host.into(), port, tls: true };
-        assert_eq!(e("ws://localhost:8080/ws").unwrap(), plain("localhost", 8080));
-        assert_eq!(e("ws://example.org/ws?x=1").unwrap(), plain("example.org", 80));
-        assert_eq!(e("WS://[::1]:9000").unwrap(), plain("::1", 9000));
-        assert_eq!(e("ws://u:p@h:1/").unwrap(), plain("h", 1));
-        assert_eq!(e("wss://h/ws").unwrap(), tls("h", 443));
-        assert_eq!(e("WSS://127.0.0.1:8443/ws?x=1").unwrap(), tls("127.0.0.1", 8443));
-        assert_eq!(e("wss://[::1]:9/").unwrap(), tls("::1", 9));
-        assert!(e("http://h/ws").unwrap_err().contains("expected ws:// or wss://"));
-        assert!(e("ws://:80/").is_err());
-        assert!(e("ws://h:99999/").is_err());
-        assert!(e("nonsense").is_err());
-    }
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_full_jitter_and_resets() {
-        let mut b = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
-        let ceilings: Vec<Duration> = (0..9).map(|_| b.next_delay(1.0)).collect();
-        let ms: Vec<u128> = ceilings.iter().map(Duration::as_millis).collect();
-        assert_eq!(ms, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
-        assert_eq!(b.next_delay(0.0), Duration::ZERO);
-        assert_eq!(b.next_delay(0.5), Duration::from_secs(15));
-        b.reset();
-        assert_eq!(b.next_delay(0.5), Duration::from_millis(250));
-        for _ in 0..100 {
-            b.next_delay(1.0);
-        }
-        assert_eq!(b.next_delay(1.0), BACKOFF_MAX);
-    }
 
     #[test]
     fn token_exchange_reports_unreachable_registries() {

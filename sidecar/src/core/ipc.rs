@@ -1,26 +1,19 @@
-//! The agents' side (SPEC §6.1): a Unix stream socket speaking
-//! newline-delimited JSON.
-//!
-//! The core ([`AgentHub`], [`LineSplitter`]) has no IO: it decides which
-//! agent gets which line, what is buffered while no agent is attached, and
-//! when a slow agent is cut off. The async pieces below it only move bytes.
-//! Everything runs on the sidecar's one executor thread, hence `Rc`.
+//! The agents' side of the sidecar, without the socket: who is attached,
+//! what each one still has to receive, what is kept while nobody is
+//! attached, when a slow agent is cut off, and how a byte stream from an
+//! agent becomes commands (newline-delimited JSON, docs/PROTOCOL.md "IPC").
+//! The shell (`shell/ipc.rs`) only moves bytes between sockets and this.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use chatixia_protocol::ipc::{Command, ErrorEvent, Event, error_codes};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use smol::{Async, LocalExecutor};
 
-use crate::mesh::AgentId;
+/// Identifies one attached agent, for replies to its own commands.
+pub type AgentId = u64;
 
-/// SPEC §6.1 defaults.
+/// Limits of docs/PROTOCOL.md "IPC".
 pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
 pub const DEFAULT_BACKLOG_EVENTS: usize = 1024;
 
@@ -259,130 +252,23 @@ impl AgentHub {
     }
 }
 
-/// The error event for a line that is not a command.
-fn line_error(code: &str, message: String, command: Option<String>) -> Event {
-    Event::Error(ErrorEvent { code: code.into(), message: Some(message), command, ..Default::default() })
-}
-
-/// The bound IPC socket file; removed when dropped.
-pub struct IpcSocket {
-    pub listener: UnixListener,
-    path: PathBuf,
-}
-
-impl IpcSocket {
-    /// Binds `path` with mode 0660 (SPEC §6.1). A file left by a dead
-    /// sidecar is replaced; one that a live process still listens on is not.
-    pub fn bind(path: &Path) -> Result<IpcSocket, String> {
-        let shown = path.display();
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(format!("another process is serving {shown}; is a second sidecar running?"));
-            }
-            std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {shown}: {e}"))?;
-            log::info!("removed stale socket {shown}");
+/// What one input line means: a command, or the `error` event its sender
+/// gets instead (the connection stays open either way).
+pub fn interpret(line: Line, limit: usize) -> Result<Command, ErrorEvent> {
+    match line {
+        Line::Text(text) => {
+            Command::parse(&text).map_err(|e| line_error(error_codes::INVALID_COMMAND, e.message, e.command))
         }
-        let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind {shown}: {e}"))?;
-        let socket = IpcSocket { listener, path: path.to_owned() };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-            .map_err(|e| format!("cannot set the mode of {shown}: {e}"))?;
-        Ok(socket)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for IpcSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// Accepts agents forever. Their commands go to `commands`; a full channel
-/// stops reading from the agents (the mesh takes commands in batches).
-pub async fn serve(
-    ex: Rc<LocalExecutor<'static>>,
-    listener: Async<UnixListener>,
-    hub: Rc<RefCell<AgentHub>>,
-    commands: async_channel::Sender<(AgentId, Command)>,
-) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let id = hub.borrow_mut().attach();
-                log::info!("agent {id} attached");
-                ex.spawn(agent(id, stream, hub.clone(), commands.clone())).detach();
-            }
-            Err(e) => {
-                // Usually EMFILE: back off instead of spinning.
-                log::warn!("IPC accept failed: {e}");
-                smol::Timer::after(std::time::Duration::from_millis(100)).await;
-            }
+        Line::Binary => Err(line_error(error_codes::INVALID_COMMAND, "line is not UTF-8".into(), None)),
+        Line::TooLong => {
+            Err(line_error(error_codes::TOO_LARGE, format!("line longer than {limit} bytes skipped"), None))
         }
     }
 }
 
-async fn agent(
-    id: AgentId,
-    stream: Async<UnixStream>,
-    hub: Rc<RefCell<AgentHub>>,
-    commands: async_channel::Sender<(AgentId, Command)>,
-) {
-    let reader = async {
-        let limit = hub.borrow().config().max_line_bytes;
-        let mut splitter = LineSplitter::new(limit);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut lines = Vec::new();
-        loop {
-            let n = match (&stream).read(&mut buf).await {
-                Ok(0) => return "closed the connection".to_owned(),
-                Ok(n) => n,
-                Err(e) => return format!("read failed: {e}"),
-            };
-            splitter.push(&buf[..n], &mut lines);
-            for line in lines.drain(..) {
-                let event = match line {
-                    Line::Text(text) => match Command::parse(&text) {
-                        Ok(cmd) => {
-                            if commands.send((id, cmd)).await.is_err() {
-                                return "sidecar is stopping".to_owned();
-                            }
-                            continue;
-                        }
-                        Err(e) => line_error(error_codes::INVALID_COMMAND, e.message, e.command),
-                    },
-                    Line::Binary => line_error(error_codes::INVALID_COMMAND, "line is not UTF-8".into(), None),
-                    Line::TooLong => {
-                        line_error(error_codes::TOO_LARGE, format!("line longer than {limit} bytes skipped"), None)
-                    }
-                };
-                hub.borrow_mut().deliver(Some(id), &event);
-            }
-        }
-    };
-    let writer = async {
-        loop {
-            let next = std::future::poll_fn(|cx| hub.borrow_mut().poll_line(id, cx)).await;
-            let Some(line) = next else { return "was disconnected".to_owned() };
-            let write = async { (&stream).write_all(line.as_bytes()).await };
-            let kicked = std::future::poll_fn(|cx| hub.borrow_mut().poll_kicked(id, cx));
-            match futures_lite::future::or(async { Some(write.await) }, async {
-                kicked.await;
-                None
-            })
-            .await
-            {
-                Some(Ok(())) => {}
-                Some(Err(e)) => return format!("write failed: {e}"),
-                None => return "was disconnected for not reading".to_owned(),
-            }
-        }
-    };
-    let why = futures_lite::future::or(reader, writer).await;
-    hub.borrow_mut().detach(id);
-    log::info!("agent {id} detached: {why}");
+/// The error for a line that is not a command.
+fn line_error(code: &str, message: String, command: Option<String>) -> ErrorEvent {
+    ErrorEvent { code: code.into(), message: Some(message), command, ..Default::default() }
 }
 
 #[cfg(test)]
@@ -497,25 +383,5 @@ mod tests {
         let big = Event::PeerList { peers: vec!["z".repeat(5000)] };
         hub.deliver(Some(fast), &big);
         assert_eq!(drain(&mut hub, fast).len(), 1);
-    }
-
-    #[test]
-    fn socket_is_private_replaces_stale_files_and_is_removed() {
-        let dir = std::env::temp_dir().join(format!("chatixia-ipc-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s.sock");
-        // A stale socket file whose process is gone.
-        drop(UnixListener::bind(&path).unwrap());
-        assert!(path.exists());
-        let sock = IpcSocket::bind(&path).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o660);
-        let err = IpcSocket::bind(&path).err().expect("second bind refused");
-        assert!(err.contains("another process"), "{err}");
-        assert!(path.exists(), "a live socket must not be removed");
-        drop(sock);
-        assert!(!path.exists());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,9 +1,9 @@
-//! Server-reflexive candidates from STUN servers (SPEC §5.4). Sans-IO like
-//! the mesh core: the shell resolves the servers' names, hands the addresses
-//! to [`Gatherer::set_servers`], sends what [`Gatherer::poll_output`] asks on
-//! the one UDP socket, offers every datagram from the network to
-//! [`Gatherer::handle_datagram`] first, and wakes it at
-//! [`Gatherer::poll_timeout`].
+//! Server-reflexive candidates from STUN servers (docs/PROTOCOL.md "ICE
+//! candidates"). The node core ([`super::node`]) gets the servers' names
+//! looked up, hands the addresses to [`Gatherer::set_servers`], sends what
+//! [`Gatherer::poll_output`] asks on the one UDP socket, offers every
+//! datagram from the network to [`Gatherer::handle_datagram`] first, and
+//! wakes it at [`Gatherer::poll_timeout`].
 //!
 //! Host candidates never wait for this: links are offered at once and a
 //! server-reflexive candidate is trickled whenever it is learned.
@@ -22,14 +22,14 @@
 //! renamed to one it skips.
 
 use std::collections::VecDeque;
-use std::fmt;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::ice::{StunMessage, StunMessageBuilder, TransId};
 
-/// The port of a `stun:` URL without one (RFC 7064).
-pub const DEFAULT_PORT: u16 = 3478;
+use super::canonical;
+use super::urls::StunServer;
+
 /// Server addresses asked per round; more are ignored.
 const MAX_SERVERS: usize = 8;
 /// Server-reflexive addresses remembered for deduplication.
@@ -47,126 +47,25 @@ const NOISY_ATTRIBUTES: [u16; 3] = [0x0001, 0x000A, 0x8023];
 /// An unassigned comprehension-optional type, which str0m skips.
 const SKIPPED_ATTRIBUTE: u16 = 0x8000;
 
-/// One STUN server from `STUN_URLS`, before name resolution.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StunServer {
-    pub host: String,
-    pub port: u16,
-}
-
-impl fmt::Display for StunServer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl StunServer {
-    /// The address, when the host is an IP literal (no lookup needed).
-    pub fn literal(&self) -> Option<SocketAddr> {
-        self.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, self.port))
-    }
-}
-
-/// Why a `STUN_URLS` entry is not used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UrlError {
-    /// A valid kind of URL this sidecar cannot use (`stuns:`, `turn:`).
-    Unsupported(String),
-    Invalid(String),
-}
-
-impl fmt::Display for UrlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UrlError::Unsupported(m) | UrlError::Invalid(m) => f.write_str(m),
-        }
-    }
-}
-
-/// `stun:host`, `stun:host:port`, `stun:[v6]` or `stun:[v6]:port`
-/// (RFC 7064; a `?transport=udp` query is tolerated).
-pub fn parse_stun_url(url: &str) -> Result<StunServer, UrlError> {
-    let url = url.trim();
-    let (scheme, rest) = url.split_once(':').ok_or_else(|| UrlError::Invalid("no scheme".into()))?;
-    let scheme = scheme.to_ascii_lowercase();
-    match scheme.as_str() {
-        "stun" => {}
-        "stuns" | "turn" | "turns" => {
-            return Err(UrlError::Unsupported(format!("{scheme}: is not supported (plain stun: only)")));
-        }
-        _ => return Err(UrlError::Invalid(format!("unknown scheme {scheme:?}"))),
-    }
-    let rest = match rest.split_once('?') {
-        Some((r, query)) if query.eq_ignore_ascii_case("transport=udp") => r,
-        Some(_) => return Err(UrlError::Invalid("only ?transport=udp is understood".into())),
-        None => rest,
-    };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or_else(|| UrlError::Invalid("unclosed [".into()))?;
-        if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(UrlError::Invalid(format!("{host:?} is not an IPv6 address")));
-        }
-        match after {
-            "" => (host, None),
-            p => (host, Some(p.strip_prefix(':').ok_or_else(|| UrlError::Invalid("junk after ]".into()))?)),
-        }
-    } else {
-        match rest.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (rest, None),
-        }
-    };
-    let valid_name = |h: &str| {
-        !h.is_empty() && h.len() <= 253 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    };
-    if !host.contains(':') && !valid_name(host) {
-        return Err(UrlError::Invalid(format!("bad host {host:?}")));
-    }
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(p) => match p.parse::<u16>() {
-            Ok(p) if p != 0 => p,
-            _ => return Err(UrlError::Invalid(format!("bad port {p:?}"))),
-        },
-    };
-    Ok(StunServer { host: host.to_owned(), port })
-}
-
-/// The usable servers of a comma-separated `STUN_URLS`; the others are
-/// logged and skipped, never fatal.
-pub fn parse_stun_urls(list: &str) -> Vec<StunServer> {
-    let mut out: Vec<StunServer> = Vec::new();
-    for url in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        match parse_stun_url(url) {
-            Ok(s) if !out.contains(&s) => out.push(s),
-            Ok(_) => {}
-            Err(UrlError::Unsupported(e)) => log::warn!("STUN_URLS: ignoring {url:?}: {e}"),
-            Err(UrlError::Invalid(e)) => log::warn!("STUN_URLS: ignoring {url:?}: {e}"),
-        }
-    }
-    out
-}
-
-/// Looks the servers up (getaddrinfo blocks: call it off the event loop
-/// unless every host is a literal). At most one address per server and IP
-/// family; names that do not resolve are left out.
-pub fn resolve(servers: &[StunServer]) -> Result<Vec<SocketAddr>, String> {
+/// The addresses to ask: at most one per server and IP family, in the
+/// order of `servers`. `looked_up` holds the lookup result of each server,
+/// in order; a server whose host is an address needs none. An error only
+/// when no server has an address and some lookup failed.
+pub fn pick_addresses(
+    servers: &[StunServer],
+    looked_up: &[Result<Vec<SocketAddr>, String>],
+) -> Result<Vec<SocketAddr>, String> {
     let mut out = Vec::new();
     let mut failures = Vec::new();
-    for s in servers {
-        let addrs: Vec<SocketAddr> = match s.literal() {
-            Some(a) => vec![a],
-            None => match (s.host.as_str(), s.port).to_socket_addrs() {
-                Ok(a) => a.collect(),
-                Err(e) => {
-                    failures.push(format!("{s}: {e}"));
-                    continue;
-                }
-            },
+    for (i, s) in servers.iter().enumerate() {
+        let addrs: Vec<SocketAddr> = match (s.literal(), looked_up.get(i)) {
+            (Some(a), _) => vec![a],
+            (None, Some(Ok(addrs))) => addrs.iter().copied().map(canonical).collect(),
+            (None, Some(Err(e))) => {
+                failures.push(format!("{s}: {e}"));
+                continue;
+            }
+            (None, None) => continue,
         };
         for v6 in [false, true] {
             if let Some(a) = addrs.iter().find(|a| a.is_ipv6() == v6)
@@ -353,10 +252,6 @@ impl Gatherer {
     }
 }
 
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
 /// An unauthenticated Binding request (with FINGERPRINT, as str0m writes it).
 fn binding_request(id: TransId) -> Vec<u8> {
     let msg = StunMessageBuilder::new().binding().request().build(id);
@@ -421,6 +316,8 @@ fn parse_reply(bytes: &[u8]) -> Option<Reply> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::sim;
+    use std::net::IpAddr;
 
     const SERVER: &str = "198.51.100.1:3478";
     const HOST: &str = "10.0.0.2:5000";
@@ -485,7 +382,7 @@ mod tests {
 
     #[test]
     fn a_request_is_sent_at_once_and_the_answer_yields_a_candidate() {
-        let now = Instant::now();
+        let now = sim::start();
         let (mut g, id) = started(now);
         let outs = drain(&mut g);
         let reqs = requests(&outs);
@@ -507,7 +404,7 @@ mod tests {
 
     #[test]
     fn answers_with_mapped_address_and_padding_are_understood() {
-        let now = Instant::now();
+        let now = sim::start();
         let (mut g, _) = started(now);
         let reqs = requests(&drain(&mut g));
         let reply = classic_success(&id_bytes(&reqs[0].1), "203.0.113.9:40000".parse().unwrap());
@@ -517,7 +414,7 @@ mod tests {
 
     #[test]
     fn wrong_transaction_or_source_is_not_ours() {
-        let now = Instant::now();
+        let now = sim::start();
         let (mut g, id) = started(now);
         drain(&mut g);
         let other = TransId::new();
@@ -535,7 +432,7 @@ mod tests {
 
     #[test]
     fn retransmits_with_backoff_then_gives_up_and_refreshes() {
-        let t0 = Instant::now();
+        let t0 = sim::start();
         let (mut g, id) = started(t0);
         let mut sent = vec![(Duration::ZERO, requests(&drain(&mut g)))];
         let mut now = t0;
@@ -588,7 +485,7 @@ mod tests {
     #[test]
     fn idle_wakeups_are_rare() {
         // No answer ever: per 5 minutes, 5 requests and one give-up.
-        let t0 = Instant::now();
+        let t0 = sim::start();
         let (mut g, _) = started(t0);
         let mut wakes = 0;
         let end = t0 + Duration::from_secs(3600);
@@ -608,7 +505,7 @@ mod tests {
 
     #[test]
     fn mapped_host_address_and_foreign_families_are_ignored() {
-        let now = Instant::now();
+        let now = sim::start();
         let hosts = vec![addr(HOST), addr("[2001:db8::2]:5000")];
         let mut g = Gatherer::new(GathererConfig::default(), hosts.clone());
         g.set_servers(&[addr(SERVER), addr("[2001:db8::53]:3478")], now);
@@ -632,7 +529,7 @@ mod tests {
 
     #[test]
     fn error_responses_end_the_transaction() {
-        let now = Instant::now();
+        let now = sim::start();
         let (mut g, id) = started(now);
         drain(&mut g);
         let msg = StunMessageBuilder::new().binding().failure().error_code(400, "Bad Request").build(id);
@@ -645,7 +542,7 @@ mod tests {
 
     #[test]
     fn garbage_never_panics_and_is_not_ours() {
-        let now = Instant::now();
+        let now = sim::start();
         let (mut g, id) = started(now);
         drain(&mut g);
         let good = success(id, addr(MAPPED));
@@ -690,46 +587,23 @@ mod tests {
     }
 
     #[test]
-    fn urls() {
-        let ok = |u: &str| parse_stun_url(u).unwrap();
-        assert_eq!(ok("stun:stun.l.google.com:19302"), StunServer { host: "stun.l.google.com".into(), port: 19302 });
-        assert_eq!(ok("stun:example.org"), StunServer { host: "example.org".into(), port: 3478 });
-        assert_eq!(ok(" STUN:192.0.2.1:1 "), StunServer { host: "192.0.2.1".into(), port: 1 });
-        assert_eq!(ok("stun:[::1]:3479"), StunServer { host: "::1".into(), port: 3479 });
-        assert_eq!(ok("stun:[2001:db8::1]"), StunServer { host: "2001:db8::1".into(), port: 3478 });
-        assert_eq!(ok("stun:h:5?transport=udp").port, 5);
-        assert_eq!(ok("stun:[::1]:3479").to_string(), "[::1]:3479");
-        assert_eq!(ok("stun:[::1]:3479").literal(), Some(addr("[::1]:3479")));
-        assert_eq!(ok("stun:example.org").literal(), None);
-        for u in ["stuns:x:5349", "turn:x:3478", "TURNS:x"] {
-            assert!(matches!(parse_stun_url(u), Err(UrlError::Unsupported(_))), "{u}");
-        }
-        for u in [
-            "",
-            "stun",
-            "stun:",
-            "http://x",
-            "stun:host:0",
-            "stun:host:99999",
-            "stun:host:port",
-            "stun:[::1",
-            "stun:[nothost]:1",
-            "stun:[::1]x",
-            "stun:::1",
-            "stun:ho st",
-            "stun:h:5?transport=tcp",
-            "stun:a:1:2",
-        ] {
-            assert!(matches!(parse_stun_url(u), Err(UrlError::Invalid(_))), "{u:?}");
-        }
-        let list = parse_stun_urls("stun:a:1, turn:b, bogus,,stun:a:1 ,stun:[::1]");
-        assert_eq!(list.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ["a:1", "[::1]:3478"]);
-        assert!(parse_stun_urls("").is_empty());
-    }
-
-    #[test]
-    fn literals_resolve_without_a_lookup() {
-        let servers = parse_stun_urls("stun:192.0.2.1:1,stun:[2001:db8::1]:2,stun:192.0.2.1:1");
-        assert_eq!(resolve(&servers).unwrap(), [addr("192.0.2.1:1"), addr("[2001:db8::1]:2")]);
+    fn one_address_per_server_and_family_from_literals_and_lookups() {
+        let servers = crate::core::urls::parse_stun_urls(
+            "stun:192.0.2.1:1,stun:[2001:db8::1]:2,stun:192.0.2.1:1,stun:a.example:3,stun:b.example:4",
+        );
+        let looked_up = vec![
+            Ok(vec![addr("192.0.2.1:1")]),
+            Ok(vec![addr("[2001:db8::1]:2")]),
+            Ok(vec![addr("198.51.100.7:3"), addr("198.51.100.8:3"), addr("[2001:db8::7]:3")]),
+            Err("no such name".to_owned()),
+        ];
+        assert_eq!(
+            pick_addresses(&servers, &looked_up).unwrap(),
+            [addr("192.0.2.1:1"), addr("[2001:db8::1]:2"), addr("198.51.100.7:3"), addr("[2001:db8::7]:3")]
+        );
+        // Literals need no lookup at all.
+        assert_eq!(pick_addresses(&servers[..2], &[]).unwrap(), [addr("192.0.2.1:1"), addr("[2001:db8::1]:2")]);
+        let err = pick_addresses(&servers[3..], &looked_up[3..]).unwrap_err();
+        assert!(err.contains("b.example:4: no such name"), "{err}");
     }
 }

@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn roots_are_loaded_only_for_tls_urls_and_a_ca_file_is_always_checked() {
-        let ca = scratch("ca.pem", include_bytes!("../../tests/fixtures/tls/ca.pem"));
+        let ca = scratch("ca.pem", include_bytes!("../../../tests/fixtures/tls/ca.pem"));
         assert_eq!(read_ca_file(&ca).unwrap().len(), 1);
         let plain = ["http://h/api/token", "ws://h/ws"];
         assert!(for_urls(&plain, None).unwrap().is_none());

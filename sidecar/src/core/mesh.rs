@@ -21,10 +21,10 @@ use chatixia_protocol::signaling::{
 };
 use serde_json::Value;
 
-use crate::peer::{DtlsIdentity, LinkConfig, LinkError, LinkOutput, PeerLink, SendError, clip};
+use chatixia_settings::text::clip;
 
-/// Identifies one attached agent for replies to its own commands.
-pub type AgentId = u64;
+use super::ipc::AgentId;
+use super::peer::{DtlsIdentity, LinkConfig, LinkError, LinkOutput, PeerLink, SendError};
 /// Identifies one connection instance to a peer.
 pub type ConnId = u64;
 
@@ -591,8 +591,6 @@ impl Mesh {
         log::info!("offered to {peer}");
     }
 
-    /// Sends an offer or answer, then trickles the host candidates it
-    /// carries, for stacks that only look at trickled ones.
     /// Takes a new link to `peer` into the mesh and sends its `kind` (offer
     /// or answer) with `sdp`, then the server-reflexive candidates known.
     fn launch(&mut self, peer: &str, mut link: PeerLink, kind: &str, sdp: String, now: Instant) {
@@ -605,6 +603,8 @@ impl Mesh {
         }
     }
 
+    /// Sends an offer or answer, then trickles the host candidates it
+    /// carries, for stacks that only look at trickled ones.
     fn send_sdp(&mut self, kind: &str, peer: &str, sdp: String, id: ConnId) {
         let mid = self.conn(id).and_then(|c| c.link.mid());
         let candidates: Vec<String> = sdp
@@ -915,8 +915,6 @@ impl Mesh {
         self.maybe_send_status(now);
     }
 
-    /// Drops connections that finished draining. A current link that died
-    /// without saying so still gets its end reported first.
     /// Polling a link walks its whole SCTP send queue (sctp-proto looks for
     /// chunks to retransmit on every poll), so a burst of datagrams or `send`
     /// commands is fed first and polled once, at the next
@@ -950,6 +948,8 @@ impl Mesh {
         self.reap(now);
     }
 
+    /// Drops connections that finished draining. A current link that died
+    /// without saying so still gets its end reported first.
     fn reap(&mut self, now: Instant) {
         for idx in 0..self.conns.len() {
             let c = &self.conns[idx];
@@ -997,390 +997,60 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::sim::{self, SimOutput, SimSidecar};
     use serde_json::json;
-    use std::collections::HashSet;
 
-    /// One-way delay of simulated datagrams and of the simulated registry.
-    const NET_DELAY: Duration = Duration::from_micros(500);
-    const SIG_DELAY: Duration = Duration::from_millis(1);
-    const AGENT: AgentId = 7;
+    type World = sim::World<Mesh>;
 
-    struct Node {
-        id: String,
-        mesh: Mesh,
-        addr: SocketAddr,
-        /// The process runs (a killed one is neither driven nor reachable).
-        up: bool,
-        /// Its signaling WebSocket is open.
-        ws: bool,
-        events: Vec<(Option<AgentId>, Event)>,
-        generation: u16,
-    }
-
-    struct Packet {
-        at: Instant,
-        from: SocketAddr,
-        to: SocketAddr,
-        contents: Vec<u8>,
-    }
-
-    struct Frame {
-        at: Instant,
-        to: String,
-        text: String,
-    }
-
-    /// Sidecars wired in memory: a network of datagrams, and a registry that
-    /// answers `register`, relays, and announces `peer_left`.
-    struct World {
-        nodes: Vec<Node>,
-        start: Instant,
-        now: Instant,
-        packets: VecDeque<Packet>,
-        frames: VecDeque<Frame>,
-        registry_up: bool,
-        /// Node pairs whose datagrams are lost.
-        blocked: HashSet<(String, String)>,
-        /// Every relayed offer, as (from, to).
-        offers: Vec<(String, String)>,
-        /// Every `mesh_status` received, as (from, peers).
-        statuses: Vec<(String, Vec<String>)>,
-        /// Registers of these peers go unanswered.
-        swallow_register: HashSet<String>,
-        /// Every relayed `ice_candidate`, as (from, to, candidate line).
-        candidates: Vec<(String, String, String)>,
-        /// Feed a node every datagram due at once before draining it, as
-        /// the shell does with what its socket holds.
-        burst_delivery: bool,
-    }
-
-    fn node_addr(i: usize, generation: u16) -> SocketAddr {
-        SocketAddr::from(([192, 0, 2, 10 + i as u8], 5000 + generation))
-    }
-
-    impl World {
-        fn new(ids: &[&str]) -> World {
-            let start = Instant::now();
-            let nodes = ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| {
-                    let mut n = Node {
-                        id: id.to_string(),
-                        mesh: Mesh::new(MeshConfig { seed: i as u64 + 1, ..MeshConfig::default() }, start),
-                        addr: node_addr(i, 0),
-                        up: true,
-                        ws: false,
-                        events: Vec::new(),
-                        generation: 0,
-                    };
-                    n.mesh.set_local_candidates(vec![n.addr]);
-                    n
-                })
-                .collect();
-            World {
-                nodes,
-                start,
-                now: start,
-                packets: VecDeque::new(),
-                frames: VecDeque::new(),
-                registry_up: true,
-                blocked: HashSet::new(),
-                offers: Vec::new(),
-                statuses: Vec::new(),
-                swallow_register: HashSet::new(),
-                candidates: Vec::new(),
-                burst_delivery: false,
-            }
+    impl SimSidecar for Mesh {
+        fn handle_datagram(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) {
+            Mesh::handle_datagram(self, now, source, destination, bytes);
         }
-
-        fn idx(&self, id: &str) -> usize {
-            self.nodes.iter().position(|n| n.id == id).expect("node")
+        fn handle_frame(&mut self, text: &str, now: Instant) {
+            self.handle_signal(text, now);
         }
-
-        fn mesh(&mut self, id: &str) -> &mut Mesh {
-            let i = self.idx(id);
-            &mut self.nodes[i].mesh
+        fn handle_registry_connected(&mut self, peer_id: &str, now: Instant) {
+            Mesh::handle_registry_connected(self, peer_id, now);
         }
-
-        /// Moves everything `id` produced onto the wire, the registry or its
-        /// event log.
-        fn drain(&mut self, id: &str) {
-            let i = self.idx(id);
-            while let Some(out) = self.nodes[i].mesh.poll_output() {
-                match out {
-                    MeshOutput::Transmit { source, destination, contents } => {
-                        assert_eq!(source, self.nodes[i].addr, "sent from a foreign address");
-                        self.packets.push_back(Packet {
-                            at: self.now + NET_DELAY,
-                            from: source,
-                            to: destination,
-                            contents,
-                        });
-                    }
-                    MeshOutput::Signal(env) => {
-                        assert!(self.nodes[i].ws && self.registry_up, "{id} signaled without a registry: {env:?}");
-                        assert_eq!(env.peer_id, id);
-                        self.registry_receive(env);
-                    }
-                    MeshOutput::Event { to, event } => self.nodes[i].events.push((to, event)),
+        fn handle_registry_down(&mut self, _now: Instant) {
+            Mesh::handle_registry_down(self);
+        }
+        fn handle_command(&mut self, agent: AgentId, cmd: Command, now: Instant) {
+            Mesh::handle_command(self, agent, cmd, now);
+        }
+        fn handle_timeout(&mut self, now: Instant) {
+            Mesh::handle_timeout(self, now);
+        }
+        fn poll_timeout(&self) -> Instant {
+            Mesh::poll_timeout(self)
+        }
+        fn poll_sim_output(&mut self) -> Option<SimOutput> {
+            self.poll_output().map(|out| match out {
+                MeshOutput::Transmit { source, destination, contents } => {
+                    assert_eq!(source, self.local_candidates[0], "sent from a foreign address");
+                    SimOutput::Transmit { destination, contents }
                 }
-            }
-        }
-
-        fn registry_receive(&mut self, env: Envelope) {
-            let at = self.now + SIG_DELAY;
-            match env.kind.as_str() {
-                types::REGISTER => {
-                    if self.swallow_register.contains(&env.peer_id) {
-                        return;
-                    }
-                    let peers: Vec<String> =
-                        self.nodes.iter().filter(|n| n.ws && n.id != env.peer_id).map(|n| n.id.clone()).collect();
-                    let text = Envelope::from_registry(types::PEER_LIST, PeerListPayload { peers }).to_json();
-                    self.frames.push_back(Frame { at, to: env.peer_id.clone(), text });
-                }
-                types::OFFER | types::ANSWER | types::ICE_CANDIDATE => {
-                    let target = env.target_id.clone().expect("relayed frames have a target");
-                    if env.kind == types::OFFER {
-                        self.offers.push((env.peer_id.clone(), target.clone()));
-                    }
-                    if env.kind == types::ICE_CANDIDATE {
-                        let c: IceCandidatePayload = serde_json::from_value(env.payload.clone()).unwrap();
-                        self.candidates.push((env.peer_id.clone(), target.clone(), c.candidate));
-                    }
-                    if self.nodes.iter().any(|n| n.id == target && n.ws) {
-                        self.frames.push_back(Frame { at, to: target, text: env.to_json() });
-                    }
-                }
-                types::MESH_STATUS => {
-                    let p: MeshStatusPayload = serde_json::from_value(env.payload).unwrap();
-                    self.statuses.push((env.peer_id, p.peers));
-                }
-                other => panic!("unexpected frame {other}"),
-            }
-        }
-
-        /// The sidecar's WebSocket comes up.
-        fn connect(&mut self, id: &str) {
-            let i = self.idx(id);
-            assert!(self.registry_up);
-            self.nodes[i].ws = true;
-            let now = self.now;
-            self.nodes[i].mesh.handle_registry_connected(id, now);
-            self.drain(id);
-        }
-
-        /// Its WebSocket goes away; the registry tells the others.
-        fn disconnect_ws(&mut self, id: &str, announce: bool) {
-            let i = self.idx(id);
-            self.nodes[i].ws = false;
-            if self.nodes[i].up {
-                self.nodes[i].mesh.handle_registry_down();
-                self.drain(id);
-            }
-            if announce {
-                let text =
-                    Envelope::from_registry(types::PEER_LEFT, PeerLeftPayload { peer_id: id.to_owned() }).to_json();
-                for n in self.nodes.iter().filter(|n| n.ws) {
-                    self.frames.push_back(Frame { at: self.now + SIG_DELAY, to: n.id.clone(), text: text.clone() });
-                }
-            }
-        }
-
-        /// kill -9: no goodbye on any link.
-        fn kill(&mut self, id: &str, announce: bool) {
-            let i = self.idx(id);
-            self.nodes[i].up = false;
-            self.disconnect_ws(id, announce);
-        }
-
-        /// A fresh process with the same identity and a new UDP port.
-        fn restart(&mut self, id: &str) {
-            let i = self.idx(id);
-            let n = &mut self.nodes[i];
-            n.generation += 1;
-            n.addr = node_addr(i, n.generation);
-            n.mesh = Mesh::new(MeshConfig { seed: 99 + n.generation as u64, ..MeshConfig::default() }, self.now);
-            n.mesh.set_local_candidates(vec![n.addr]);
-            n.up = true;
-            n.events.clear();
-            self.connect(id);
-        }
-
-        fn registry_down(&mut self) {
-            self.registry_up = false;
-            self.frames.clear();
-            let ids: Vec<String> = self.nodes.iter().filter(|n| n.ws).map(|n| n.id.clone()).collect();
-            for id in ids {
-                self.disconnect_ws(&id, false);
-            }
-        }
-
-        fn registry_back(&mut self, ids: &[&str]) {
-            self.registry_up = true;
-            for id in ids {
-                self.connect(id);
-            }
-        }
-
-        fn command(&mut self, id: &str, cmd: Command) {
-            let now = self.now;
-            self.mesh(id).handle_command(AGENT, cmd, now);
-            self.drain(id);
-        }
-
-        fn send(&mut self, from: &str, to: &str, kind: &str, payload: Value) {
-            let message = MeshMessage::new(kind, "", payload);
-            self.command(from, Command::Send { target_peer: to.into(), message });
-        }
-
-        fn blocked(&self, a: SocketAddr, b: SocketAddr) -> bool {
-            let name = |addr| self.nodes.iter().find(|n| n.addr == addr).map(|n| n.id.clone()).unwrap_or_default();
-            let (a, b) = (name(a), name(b));
-            self.blocked.contains(&(a.clone(), b.clone())) || self.blocked.contains(&(b, a))
-        }
-
-        /// Runs the next due thing, never past `until`.
-        fn step(&mut self, until: Instant) {
-            let mut next = until;
-            for n in self.nodes.iter().filter(|n| n.up) {
-                next = next.min(n.mesh.poll_timeout());
-            }
-            if let Some(p) = self.packets.front() {
-                next = next.min(p.at);
-            }
-            if let Some(f) = self.frames.front() {
-                next = next.min(f.at);
-            }
-            self.now = self.now.max(next);
-            let now = self.now;
-            while self.packets.front().is_some_and(|p| p.at <= now) {
-                let p = self.packets.pop_front().unwrap();
-                if self.blocked(p.from, p.to) {
-                    continue;
-                }
-                let Some(i) = self.nodes.iter().position(|n| n.up && n.addr == p.to) else { continue };
-                self.nodes[i].mesh.handle_datagram(now, p.from, p.to, &p.contents);
-                if !self.burst_delivery {
-                    let id = self.nodes[i].id.clone();
-                    self.drain(&id);
-                }
-            }
-            if self.burst_delivery {
-                for id in self.nodes.iter().filter(|n| n.up).map(|n| n.id.clone()).collect::<Vec<_>>() {
-                    self.drain(&id);
-                }
-            }
-            while self.frames.front().is_some_and(|f| f.at <= now) {
-                let f = self.frames.pop_front().unwrap();
-                let i = self.idx(&f.to);
-                if !self.nodes[i].up || !self.nodes[i].ws {
-                    continue;
-                }
-                self.nodes[i].mesh.handle_signal(&f.text, now);
-                self.drain(&f.to);
-            }
-            for i in 0..self.nodes.len() {
-                if self.nodes[i].up && self.nodes[i].mesh.poll_timeout() <= now {
-                    self.nodes[i].mesh.handle_timeout(now);
-                    let id = self.nodes[i].id.clone();
-                    self.drain(&id);
-                }
-            }
-        }
-
-        fn run_until(&mut self, limit: Duration, done: impl Fn(&World) -> bool) -> bool {
-            let end = self.now + limit;
-            for _ in 0..5_000_000 {
-                if done(self) {
-                    return true;
-                }
-                if self.now >= end {
-                    return false;
-                }
-                self.step(end);
-            }
-            panic!("simulation does not advance");
-        }
-
-        fn run_for(&mut self, d: Duration) {
-            self.run_until(d, |_| false);
-        }
-
-        fn events(&self, id: &str) -> &[(Option<AgentId>, Event)] {
-            &self.nodes[self.idx(id)].events
-        }
-
-        /// The `peer_connected`/`peer_disconnected` sequence `id` reported
-        /// about `peer`: `true` for connected.
-        fn link_events(&self, id: &str, peer: &str) -> Vec<bool> {
-            self.events(id)
-                .iter()
-                .filter_map(|(to, e)| match e {
-                    Event::PeerConnected { peer_id } if peer_id == peer => Some((to, true)),
-                    Event::PeerDisconnected { peer_id } if peer_id == peer => Some((to, false)),
-                    _ => None,
-                })
-                .map(|(to, up)| {
-                    assert_eq!(*to, None, "link events go to every agent");
-                    up
-                })
-                .collect()
-        }
-
-        fn connected(&self, id: &str, peer: &str) -> bool {
-            self.link_events(id, peer).last() == Some(&true)
-        }
-
-        fn messages(&self, id: &str) -> Vec<(String, MeshMessage)> {
-            self.events(id)
-                .iter()
-                .filter_map(|(_, e)| match e {
-                    Event::Message { from_peer, message } => Some((from_peer.clone(), message.clone())),
-                    _ => None,
-                })
-                .collect()
-        }
-
-        fn errors(&self, id: &str) -> Vec<ErrorEvent> {
-            self.events(id)
-                .iter()
-                .filter_map(|(to, e)| match e {
-                    Event::Error(err) => {
-                        assert_eq!(*to, Some(AGENT), "errors answer the agent that sent the command");
-                        Some(err.clone())
-                    }
-                    _ => None,
-                })
-                .collect()
-        }
-
-        /// The last reply to a command of `id`'s agent.
-        fn last_reply(&self, id: &str) -> Event {
-            self.events(id).iter().rev().find(|(to, _)| *to == Some(AGENT)).expect("a reply").1.clone()
-        }
-
-        fn full_mesh(&self, ids: &[&str]) -> bool {
-            ids.iter().all(|a| ids.iter().all(|b| a == b || self.connected(a, b)))
+                MeshOutput::Signal(env) => SimOutput::Signal(env),
+                MeshOutput::Event { to, event } => SimOutput::Event { to, event },
+            })
         }
     }
 
-    /// Every peer's connect/disconnect history alternates, starting with a
-    /// connect: `peer_disconnected` exactly once per link that opened.
-    fn assert_alternating(w: &World) {
-        for n in &w.nodes {
-            for m in &w.nodes {
-                let seq = w.link_events(&n.id, &m.id);
-                for (i, up) in seq.iter().enumerate() {
-                    assert_eq!(*up, i % 2 == 0, "{} about {}: {seq:?}", n.id, m.id);
-                }
-            }
-        }
+    /// Meshes whose one host candidate is their simulated address.
+    fn world(ids: &[&str]) -> World {
+        World::new(
+            ids,
+            Box::new(|i, generation, addr, now| {
+                let seed = if generation == 0 { i as u64 + 1 } else { 99 + u64::from(generation) };
+                let mut mesh = Mesh::new(MeshConfig { seed, ..MeshConfig::default() }, now);
+                mesh.set_local_candidates(vec![addr]);
+                mesh
+            }),
+        )
     }
 
     fn pair() -> World {
-        let mut w = World::new(&["alpha", "bravo"]);
+        let mut w = world(&["alpha", "bravo"]);
         w.connect("alpha");
         w.connect("bravo");
         assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo"])), "no link");
@@ -1389,7 +1059,7 @@ mod tests {
 
     #[test]
     fn newcomer_offers_and_both_sides_connect() {
-        let mut w = World::new(&["alpha", "bravo"]);
+        let mut w = world(&["alpha", "bravo"]);
         w.connect("alpha");
         w.run_for(Duration::from_millis(10));
         let t0 = w.now;
@@ -1421,13 +1091,13 @@ mod tests {
             ("bravo", "connected", &["alpha".to_owned()][..])
         );
         assert!(w.errors("alpha").is_empty() && w.errors("bravo").is_empty());
-        assert_alternating(&w);
+        w.assert_alternating();
     }
 
     #[test]
     fn three_peers_form_a_full_mesh_and_broadcast_reaches_each_once() {
         let ids = ["alpha", "bravo", "charlie"];
-        let mut w = World::new(&ids);
+        let mut w = world(&ids);
         for id in ids {
             w.connect(id);
         }
@@ -1444,22 +1114,13 @@ mod tests {
         }
         w.command("charlie", Command::ListPeers);
         assert_eq!(w.last_reply("charlie"), Event::PeerList { peers: vec!["alpha".into(), "bravo".into()] });
-        assert_alternating(&w);
-    }
-
-    /// The server-reflexive candidate lines `from` trickled to `to`.
-    fn srflx_sent(w: &World, from: &str, to: &str) -> Vec<String> {
-        w.candidates
-            .iter()
-            .filter(|(f, t, c)| f == from && t == to && c.contains("typ srflx"))
-            .map(|(_, _, c)| c.clone())
-            .collect()
+        w.assert_alternating();
     }
 
     #[test]
     fn srflx_learned_later_reaches_connecting_links_and_new_ones() {
         let ids = ["alpha", "bravo", "charlie"];
-        let mut w = World::new(&ids);
+        let mut w = world(&ids);
         w.connect("alpha");
         w.run_for(Duration::from_millis(10));
         w.connect("bravo");
@@ -1470,11 +1131,11 @@ mod tests {
         let srflx_b: SocketAddr = "203.0.113.20:41000".parse().unwrap();
         let now = w.now;
         // Our own host address is not a server-reflexive one.
-        w.mesh("bravo").add_srflx_candidate(host_b, host_b, now);
-        w.mesh("bravo").add_srflx_candidate(srflx_b, host_b, now);
-        w.mesh("bravo").add_srflx_candidate(srflx_b, host_b, now);
+        w.core("bravo").add_srflx_candidate(host_b, host_b, now);
+        w.core("bravo").add_srflx_candidate(srflx_b, host_b, now);
+        w.core("bravo").add_srflx_candidate(srflx_b, host_b, now);
         w.drain("bravo");
-        let sent = srflx_sent(&w, "bravo", "alpha");
+        let sent = w.candidates_sent("bravo", "alpha", "srflx");
         assert_eq!(sent.len(), 1, "{:?}", w.candidates);
         assert!(sent[0].contains("203.0.113.20 41000 typ srflx raddr"), "{}", sent[0]);
         // Unreachable (TEST-NET) srflx candidates do not get in the way.
@@ -1483,23 +1144,23 @@ mod tests {
         // Open links need no more candidates.
         let later: SocketAddr = "203.0.113.20:41001".parse().unwrap();
         let now = w.now;
-        w.mesh("bravo").add_srflx_candidate(later, host_b, now);
+        w.core("bravo").add_srflx_candidate(later, host_b, now);
         w.drain("bravo");
-        assert_eq!(srflx_sent(&w, "bravo", "alpha").len(), 1);
+        assert_eq!(w.candidates_sent("bravo", "alpha", "srflx").len(), 1);
 
         // A link made later (bravo answers charlie) gets both at once.
         w.connect("charlie");
         assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&ids)));
-        let to_charlie = srflx_sent(&w, "bravo", "charlie");
+        let to_charlie = w.candidates_sent("bravo", "charlie", "srflx");
         assert_eq!(to_charlie.len(), 2, "{to_charlie:?}");
         assert!(to_charlie.iter().any(|c| c.contains("41000")) && to_charlie.iter().any(|c| c.contains("41001")));
-        assert!(srflx_sent(&w, "alpha", "charlie").is_empty(), "alpha learned none");
-        assert_alternating(&w);
+        assert!(w.candidates_sent("alpha", "charlie", "srflx").is_empty(), "alpha learned none");
+        w.assert_alternating();
     }
 
     #[test]
     fn glare_ends_with_one_link_from_the_smaller_offer() {
-        let mut w = World::new(&["alpha", "bravo"]);
+        let mut w = world(&["alpha", "bravo"]);
         // Both are registered before either asks for the list, so each sees
         // the other and both offer.
         w.nodes[0].ws = true;
@@ -1511,8 +1172,8 @@ mod tests {
         w.run_for(Duration::from_secs(20));
         assert_eq!(w.link_events("alpha", "bravo"), [true]);
         assert_eq!(w.link_events("bravo", "alpha"), [true]);
-        assert_eq!(w.mesh("alpha").connection_count(), 1);
-        assert_eq!(w.mesh("bravo").connection_count(), 1);
+        assert_eq!(w.core("alpha").connection_count(), 1);
+        assert_eq!(w.core("bravo").connection_count(), 1);
         w.send("bravo", "alpha", "x", Value::Null);
         assert!(w.run_until(Duration::from_secs(1), |w| w.messages("alpha").len() == 1));
     }
@@ -1534,7 +1195,7 @@ mod tests {
         w.run_for(Duration::from_secs(40));
         assert_eq!(w.link_events("alpha", "bravo"), [true, false, true]);
         assert_eq!(w.link_events("bravo", "alpha"), [true]);
-        assert_eq!(w.mesh("alpha").connection_count(), 1);
+        assert_eq!(w.core("alpha").connection_count(), 1);
         w.send("alpha", "bravo", "a2b", Value::Null);
         w.send("bravo", "alpha", "b2a", Value::Null);
         assert!(w.run_until(Duration::from_secs(1), |w| {
@@ -1545,7 +1206,7 @@ mod tests {
     #[test]
     fn peer_left_closes_the_link_once() {
         let ids = ["alpha", "bravo", "charlie"];
-        let mut w = World::new(&ids);
+        let mut w = world(&ids);
         for id in ids {
             w.connect(id);
         }
@@ -1569,7 +1230,7 @@ mod tests {
     fn dead_link_is_detected_and_the_smaller_peer_re_offers() {
         let mut w = pair();
         let offers_before = w.offers.len();
-        w.blocked.insert(("alpha".into(), "bravo".into()));
+        w.block("alpha", "bravo");
         let t0 = w.now;
         assert!(w.run_until(Duration::from_secs(30), |w| {
             !w.connected("alpha", "bravo") && !w.connected("bravo", "alpha")
@@ -1577,7 +1238,7 @@ mod tests {
         eprintln!("dead link detected after {:?} (simulated)", w.now - t0);
         assert!(w.now - t0 <= Duration::from_secs(15));
         w.run_for(Duration::from_secs(5));
-        w.blocked.clear();
+        w.net.unblock_all();
         assert!(w.run_until(Duration::from_secs(60), |w| w.full_mesh(&["alpha", "bravo"])));
         let reoffers = &w.offers[offers_before..];
         assert!(!reoffers.is_empty());
@@ -1591,7 +1252,7 @@ mod tests {
 
     #[test]
     fn registry_outage_leaves_links_alone_and_live_links_are_not_re_offered() {
-        let mut w = World::new(&["alpha", "bravo", "charlie"]);
+        let mut w = world(&["alpha", "bravo", "charlie"]);
         w.connect("alpha");
         w.connect("bravo");
         assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo"])));
@@ -1612,7 +1273,7 @@ mod tests {
         w.connect("charlie");
         assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo", "charlie"])));
         assert_eq!(w.link_events("alpha", "bravo"), [true]);
-        assert_alternating(&w);
+        w.assert_alternating();
     }
 
     #[test]
@@ -1638,7 +1299,7 @@ mod tests {
     fn data_channel_text_that_is_not_a_mesh_message_is_dropped() {
         let mut w = pair();
         let now = w.now;
-        let a = w.mesh("alpha");
+        let a = w.core("alpha");
         let idx = a.conns.iter().position(|c| c.peer == "bravo").unwrap();
         for junk in ["not json", "{\"payload\":1}", "[1,2]", "{\"type\":5}"] {
             a.conns[idx].link.send(junk).unwrap();
@@ -1732,7 +1393,7 @@ mod tests {
 
     #[test]
     fn connect_asks_the_registry_for_a_peer_it_did_not_know() {
-        let mut w = World::new(&["alpha", "bravo"]);
+        let mut w = world(&["alpha", "bravo"]);
         w.connect("alpha");
         // bravo is up, but its own register goes unanswered, so it never
         // offers; alpha's list is stale.
@@ -1754,7 +1415,7 @@ mod tests {
 
     #[test]
     fn mesh_status_follows_the_open_links() {
-        let mut w = World::new(&["alpha", "bravo"]);
+        let mut w = world(&["alpha", "bravo"]);
         w.connect("alpha");
         w.connect("bravo");
         assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo"])));
@@ -1788,7 +1449,7 @@ mod tests {
             r#"{"type":"surprise","peer_id":"registry"}"#,
         ];
         for text in junk {
-            w.mesh("alpha").handle_signal(text, now);
+            w.core("alpha").handle_signal(text, now);
             w.drain("alpha");
         }
         w.run_for(Duration::from_secs(2));
@@ -1800,18 +1461,18 @@ mod tests {
     #[test]
     fn shutdown_says_goodbye_to_every_peer() {
         let ids = ["alpha", "bravo", "charlie"];
-        let mut w = World::new(&ids);
+        let mut w = world(&ids);
         for id in ids {
             w.connect(id);
         }
         assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&ids)));
         let now = w.now;
-        w.mesh("bravo").shutdown(now);
+        w.core("bravo").shutdown(now);
         w.drain("bravo");
         assert!(w.run_until(Duration::from_secs(1), |w| {
             !w.connected("alpha", "bravo") && !w.connected("charlie", "bravo")
         }));
-        assert!(w.run_until(Duration::from_secs(6), |w| w.nodes[1].mesh.is_idle()));
+        assert!(w.run_until(Duration::from_secs(6), |w| w.nodes[1].core.is_idle()));
         assert!(w.connected("alpha", "charlie"));
     }
 }

@@ -18,16 +18,15 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatixia_protocol::mesh::DATA_CHANNEL_LABEL;
+use chatixia_protocol::mesh::{DATA_CHANNEL_LABEL, DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES_CEILING};
 use chatixia_protocol::signaling::IceCandidatePayload;
+use chatixia_settings::text::clip;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
-/// SPEC §6.1: keeps every IPC `message` line of the original agent under 64 KiB.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 65_000;
 /// Per-peer outgoing queue bound used while the SCTP send buffer is full.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 1 << 20;
 /// Bound on remote candidates remembered per link (buffered ones and the
@@ -43,8 +42,6 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(6);
 /// at best with tuning: notes pitfall 4).
 pub const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(12);
 
-/// SPEC §5.3: messages are never larger than this, whatever the config says.
-const MESSAGE_BYTES_CEILING: usize = 256 * 1024;
 /// Half of str0m's default: sctp-proto walks everything in flight on each
 /// poll, so a smaller buffer is faster (notes §3; 16 KiB messages over
 /// loopback: 30 MB/s at 128 KiB, 35 MB/s at 64 KiB). It is raised when a
@@ -67,8 +64,6 @@ const MAX_SDP_BYTES: usize = 64 * 1024;
 const CLOSE_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// How far ahead a finished link asks to be woken: effectively never.
 const IDLE_WAKEUP: Duration = Duration::from_secs(3600);
-/// Network-provided text is cut to this length in log lines.
-const LOG_TEXT_LIMIT: usize = 160;
 
 /// What a link needs to know from an SDP, ours or the remote's.
 struct SdpFacts {
@@ -180,7 +175,7 @@ impl Default for LinkConfig {
 
 impl LinkConfig {
     fn message_limit(&self) -> usize {
-        self.max_message_bytes.min(MESSAGE_BYTES_CEILING)
+        self.max_message_bytes.min(MAX_MESSAGE_BYTES_CEILING)
     }
 }
 
@@ -702,7 +697,7 @@ impl PeerLink {
 
     fn build(config: &LinkConfig, now: Instant) -> Result<PeerLink, LinkError> {
         let limit = config.message_limit();
-        let receive_limit = limit.clamp(RECEIVE_MESSAGE_FLOOR, MESSAGE_BYTES_CEILING);
+        let receive_limit = limit.clamp(RECEIVE_MESSAGE_FLOOR, MAX_MESSAGE_BYTES_CEILING);
         let mut builder = Rtc::builder()
             .clear_codecs()
             .set_sctp_max_message_size(u32::try_from(receive_limit).unwrap_or(u32::MAX))
@@ -923,17 +918,10 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     format!("panic in str0m: {msg}")
 }
 
-/// Cuts network-provided text for a log line.
-pub(crate) fn clip(s: &str) -> &str {
-    match s.char_indices().nth(LOG_TEXT_LIMIT) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::sim::{self, Network};
 
     const A_ADDR: &str = "192.0.2.1:4000";
     const B_ADDR: &str = "198.51.100.2:5000";
@@ -961,21 +949,13 @@ mod tests {
         }
     }
 
-    struct Packet {
-        at: Instant,
-        to_b: bool,
-        source: SocketAddr,
-        destination: SocketAddr,
-        contents: Vec<u8>,
-    }
-
     /// Two links joined by an in-memory network with simulated time.
     struct Net {
         a: Side,
         b: Side,
         start: Instant,
         now: Instant,
-        in_flight: VecDeque<Packet>,
+        net: Network,
         /// Datagrams that neither half of `accepts` claimed.
         unclaimed: usize,
     }
@@ -987,7 +967,7 @@ mod tests {
                 b: Side::new(b, addr(B_ADDR), start),
                 start,
                 now: start,
-                in_flight: VecDeque::new(),
+                net: Network::new(DELAY),
                 unclaimed: 0,
             };
             net.drain(true);
@@ -1008,7 +988,7 @@ mod tests {
                 match side.link.poll_output() {
                     LinkOutput::Transmit { source, destination, contents } => {
                         assert_eq!(source, own, "sent from a foreign address");
-                        self.in_flight.push_back(Packet { at: now + DELAY, to_b: a, source, destination, contents });
+                        self.net.send(now, source, destination, contents);
                     }
                     LinkOutput::Open => {
                         assert!(side.opened_at.is_none(), "Open twice");
@@ -1038,20 +1018,19 @@ mod tests {
             if self.b.frozen {
                 next = self.a.deadline;
             }
-            if let Some(p) = self.in_flight.front() {
-                next = next.min(p.at);
+            if let Some(at) = self.net.next_at() {
+                next = next.min(at);
             }
             self.now = self.now.max(next);
             let now = self.now;
-            while self.in_flight.front().is_some_and(|p| p.at <= now) {
-                let p = self.in_flight.pop_front().unwrap();
-                let to_a = !p.to_b;
+            while let Some(d) = self.net.pop_due(now) {
+                let to_a = d.to == self.a.addr;
                 let side = self.side(to_a);
-                if side.frozen || p.destination != side.addr {
+                if side.frozen || d.to != side.addr {
                     continue;
                 }
-                if side.link.accepts(now, p.source, p.destination, &p.contents) {
-                    side.link.handle_receive(now, p.source, p.destination, &p.contents);
+                if side.link.accepts(now, d.from, d.to, &d.contents) {
+                    side.link.handle_receive(now, d.from, d.to, &d.contents);
                     self.drain(to_a);
                 } else {
                     self.unclaimed += 1;
@@ -1095,7 +1074,7 @@ mod tests {
 
     /// Offer and answer with the host candidates inside the SDPs.
     fn connect_with_sdp_candidates(config: &LinkConfig) -> Net {
-        let start = Instant::now();
+        let start = sim::start();
         let (mut a, offer) = PeerLink::new_offerer(&[addr(A_ADDR)], config, start).unwrap();
         let (b, answer) = PeerLink::new_answerer(&offer, &[addr(B_ADDR)], config, start).unwrap();
         a.accept_answer(&answer, start).unwrap();
@@ -1126,7 +1105,7 @@ mod tests {
     fn links_sharing_an_identity_present_one_certificate_and_still_open() {
         let identity = DtlsIdentity::generate().expect("a certificate");
         let shared = LinkConfig { identity: Some(identity), ..LinkConfig::default() };
-        let now = Instant::now();
+        let now = sim::start();
         let fingerprint =
             |sdp: &str| sdp.lines().find(|l| l.starts_with("a=fingerprint:")).map(str::to_owned).expect("fingerprint");
         let (_a, first) = PeerLink::new_offerer(&[], &shared, now).unwrap();
@@ -1145,7 +1124,7 @@ mod tests {
     #[test]
     fn opens_with_candidates_in_the_sdp() {
         let config = LinkConfig::default();
-        let start = Instant::now();
+        let start = sim::start();
         let (mut a, offer) = PeerLink::new_offerer(&[addr(A_ADDR)], &config, start).unwrap();
         let mid = a.mid().expect("offerer knows its mid");
         assert!(offer.contains(&format!("a=mid:{mid}\r\n")), "{offer}");
@@ -1215,7 +1194,7 @@ mod tests {
 
     fn trickle_only(form: Form) {
         let config = LinkConfig::default();
-        let start = Instant::now();
+        let start = sim::start();
         let (mut a, offer) = PeerLink::new_offerer(&[], &config, start).unwrap();
         assert!(!offer.contains("a=candidate"), "{offer}");
         let (mut b, answer) = PeerLink::new_answerer(&offer, &[], &config, start).unwrap();
@@ -1268,7 +1247,7 @@ mod tests {
     #[test]
     fn answerer_accepts_any_label() {
         let config = LinkConfig::default();
-        let start = Instant::now();
+        let start = sim::start();
         let (mut a, offer) = PeerLink::new_offerer_with_label("chat", &[addr(A_ADDR)], &config, start).unwrap();
         let (b, answer) = PeerLink::new_answerer(&offer, &[addr(B_ADDR)], &config, start).unwrap();
         a.accept_answer(&answer, start).unwrap();
@@ -1332,7 +1311,7 @@ mod tests {
     #[test]
     fn remote_advertised_limit_lowers_ours() {
         let config = LinkConfig::default();
-        let start = Instant::now();
+        let start = sim::start();
         let (mut a, offer) = PeerLink::new_offerer(&[addr(A_ADDR)], &config, start).unwrap();
         let (b, answer) = PeerLink::new_answerer(&offer, &[addr(B_ADDR)], &config, start).unwrap();
         let line = answer
@@ -1442,7 +1421,7 @@ mod tests {
     #[test]
     fn unanswered_offer_times_out() {
         let config = LinkConfig::default();
-        let now = Instant::now();
+        let now = sim::start();
         let (mut a, _offer) = PeerLink::new_offerer(&[addr(A_ADDR)], &config, now).unwrap();
         let LinkOutput::Timeout(t) = a.poll_output() else {
             panic!("an offer alone sends nothing");
@@ -1501,7 +1480,7 @@ mod tests {
     #[test]
     fn bad_sdp_is_refused() {
         let config = LinkConfig::default();
-        let now = Instant::now();
+        let now = sim::start();
         assert!(matches!(PeerLink::new_answerer("not an sdp", &[], &config, now), Err(LinkError::InvalidSdp(_))));
         assert!(matches!(
             PeerLink::new_answerer(&"v=0\r\n".repeat(20_000), &[], &config, now),
@@ -1536,7 +1515,7 @@ mod tests {
     #[test]
     fn close_before_connecting_finishes_at_once() {
         let config = LinkConfig::default();
-        let now = Instant::now();
+        let now = sim::start();
         let (mut a, _offer) = PeerLink::new_offerer(&[addr(A_ADDR)], &config, now).unwrap();
         a.close();
         assert_eq!(a.poll_output(), LinkOutput::Closed);

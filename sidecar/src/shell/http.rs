@@ -11,7 +11,7 @@
 //! request timeout) exits when the request is done.
 //!
 //! `https://` and `wss://` go through rustls with the trust roots of
-//! [`crate::tls::Tls`], loaded once at startup; plain `http://`/`ws://`
+//! [`super::tls::Tls`], loaded once at startup; plain `http://`/`ws://`
 //! need none. ureq verifies the token/pairing server; [`connect_stream`]
 //! the WebSocket's, by the URL host (a name or an IP address).
 
@@ -24,23 +24,11 @@ use std::time::Duration;
 use futures_lite::{AsyncRead, AsyncWrite};
 use smol::Async;
 
-use crate::tls::{self, Tls};
+use super::tls::{self, Tls};
+use crate::core::urls::check_url;
 
 /// Answers larger than this are not token or pairing answers.
 const MAX_RESPONSE: u64 = 64 * 1024;
-
-/// Checks that `url` is something this build can request, so that a wrong
-/// scheme is reported once, at startup, instead of on every retry.
-pub fn check_url(url: &str) -> Result<(), String> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL"))?;
-    let default_port = match scheme.to_ascii_lowercase().as_str() {
-        "http" => 80,
-        "https" => 443,
-        other => return Err(format!("unsupported scheme {other:?} in {url:?}; expected http:// or https://")),
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    split_host_port(authority, default_port).map(|_| ()).map_err(|e| format!("{e} in {url:?}"))
-}
 
 /// A `POST`: one extra header and an optional JSON body.
 #[derive(Debug, Clone)]
@@ -115,31 +103,6 @@ pub fn post_blocking(request: &Post) -> Result<(u16, Vec<u8>), String> {
         .read_to_vec()
         .map_err(|e| format!("reading the answer of {}: {e}", request.url))?;
     Ok((status, body))
-}
-
-/// Splits `host[:port]`, `[v6][:port]`, dropping any `user@`.
-pub fn split_host_port(authority: &str, default_port: u16) -> Result<(String, u16), String> {
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or("bad IPv6 host")?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("no host".into());
-    }
-    if host.bytes().any(|b| b <= b' ' || b == b'/' || b == 0x7f) {
-        return Err("invalid host".into());
-    }
-    let port = match port {
-        Some(p) => p.parse().map_err(|_| "bad port")?,
-        None => default_port,
-    };
-    Ok((host.to_owned(), port))
 }
 
 /// Resolves and connects, trying every address (the signaling WebSocket,
@@ -225,25 +188,11 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    #[test]
-    fn only_http_and_https_urls_pass() {
-        assert!(check_url("http://localhost:8080/api/token").is_ok());
-        assert!(check_url("HTTP://[::1]/t?x=1#f").is_ok());
-        assert!(check_url("http://h").is_ok());
-        assert!(check_url("https://h/").is_ok());
-        assert!(check_url("HTTPS://127.0.0.1:8443/api/token").is_ok());
-        assert!(check_url("https://[::1]:x/").is_err());
-        assert!(check_url("ftp://h/").unwrap_err().contains("expected http:// or https://"));
-        assert!(check_url("http://h:x/").is_err());
-        assert!(check_url("http:///x").is_err());
-        assert!(check_url("nonsense").is_err());
-    }
-
     /// The e2e fixtures: a test CA and a server certificate it signed for
     /// localhost and 127.0.0.1 (tests/fixtures/tls/generate.sh).
-    const TEST_CA: &[u8] = include_bytes!("../../tests/fixtures/tls/ca.pem");
-    const TEST_CERT: &[u8] = include_bytes!("../../tests/fixtures/tls/server.pem");
-    const TEST_KEY: &[u8] = include_bytes!("../../tests/fixtures/tls/server.key");
+    const TEST_CA: &[u8] = include_bytes!("../../../tests/fixtures/tls/ca.pem");
+    const TEST_CERT: &[u8] = include_bytes!("../../../tests/fixtures/tls/server.pem");
+    const TEST_KEY: &[u8] = include_bytes!("../../../tests/fixtures/tls/server.key");
 
     /// A one-shot TLS server with the fixture certificate: completes the
     /// handshake, echoes one line; returns the handshake's outcome.

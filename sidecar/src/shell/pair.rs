@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::http;
-use crate::tls::Tls;
+use super::http;
+use super::tls::Tls;
+use chatixia_settings::text::printable;
 
 /// Name of the token file in the state directory.
 pub const TOKEN_FILE: &str = "device_token";
@@ -21,21 +22,6 @@ pub const TOKEN_FILE: &str = "device_token";
 /// that a broken answer cannot fill the disk.
 const MAX_TOKEN_LEN: usize = 256;
 const TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The state directory: `STATE_DIR`, else systemd's `$STATE_DIRECTORY`
-/// (the first, if it lists several), else `./chatixia-state`.
-pub fn state_dir(explicit: Option<&str>) -> PathBuf {
-    if let Some(dir) = explicit {
-        return PathBuf::from(dir);
-    }
-    match std::env::var_os("STATE_DIRECTORY") {
-        Some(dirs) => {
-            let dirs = dirs.to_string_lossy().into_owned();
-            PathBuf::from(dirs.split(':').next().unwrap_or_default())
-        }
-        None => PathBuf::from("chatixia-state"),
-    }
-}
 
 /// What `POST /api/pairing/pair` answers (SPEC §4.3).
 #[derive(Debug, Clone, Deserialize)]
@@ -82,11 +68,6 @@ fn error_text(body: &[u8]) -> String {
     printable(&text)
 }
 
-/// Control characters replaced: registry text goes to a terminal.
-pub fn printable(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
-}
-
 /// Writes `token` to `dir/device_token` with mode 0600: a temporary file,
 /// fsync, rename over the old one, fsync of the directory (so the rename
 /// itself survives a power cut). Creates `dir` (0700) if needed.
@@ -123,11 +104,6 @@ mod tests {
         assert_eq!(error_text(br#"{"error":"invalid or expired pairing code"}"#), "invalid or expired pairing code");
         assert_eq!(error_text(b"plain\x1b[31m text"), "plain?[31m text");
         assert_eq!(error_text(b""), "");
-    }
-
-    #[test]
-    fn state_dir_prefers_the_explicit_setting() {
-        assert_eq!(state_dir(Some("/x/y")), PathBuf::from("/x/y"));
     }
 
     #[test]

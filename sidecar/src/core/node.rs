@@ -1,0 +1,431 @@
+//! The sidecar's core, seen from the shell: one object that owns the mesh
+//! of links and the STUN gatherer, demultiplexes what arrives on the UDP
+//! socket between them, and tells the shell what to send and whom to tell.
+//!
+//! The shell feeds it datagrams, agent commands, signaling events, the
+//! results of name lookups and time (`handle_*`); after every call it drains
+//! [`Node::poll_output`] and sleeps until [`Node::poll_timeout`]. Nothing in
+//! here reads a clock, touches a socket or starts a thread
+//! (docs/ARCHITECTURE.md).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use chatixia_protocol::ipc::{Command, Event};
+
+use super::ipc::AgentId;
+use super::mesh::{Mesh, MeshConfig, MeshOutput, RegistryState};
+use super::peer::DtlsIdentity;
+use super::stun::{self, Gatherer, GathererConfig, StunOutput};
+use super::urls::StunServer;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub mesh: MeshConfig,
+    pub stun: GathererConfig,
+    /// Asked for server-reflexive candidates; empty disables STUN.
+    pub stun_servers: Vec<StunServer>,
+    /// Local addresses, with the UDP socket's port, offered as host
+    /// candidates.
+    pub host_candidates: Vec<SocketAddr>,
+}
+
+/// What the signaling client reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalingEvent {
+    /// Getting a token or opening the WebSocket.
+    Connecting,
+    /// The WebSocket is up; we are `peer_id`.
+    Connected { peer_id: String },
+    /// A text frame from the registry.
+    Frame(String),
+    /// The WebSocket is gone; a reconnect follows after a backoff.
+    Down,
+}
+
+/// Which name lookup an answer belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupId {
+    StunServers,
+}
+
+/// What the core asks of its shell. Drain until `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeOutput {
+    /// Send a datagram on the UDP socket.
+    Transmit { destination: SocketAddr, contents: Vec<u8> },
+    /// Send a text frame to the registry. Only produced while connected.
+    Signal(String),
+    /// Deliver an event to one agent (`Some`: the reply to its command) or
+    /// to all of them (`None`).
+    Event { to: Option<AgentId>, event: Event },
+    /// Look these names up (`host`, `port`) and answer with
+    /// [`Node::handle_lookup`], one result per name, in order.
+    Lookup { id: LookupId, names: Vec<(String, u16)> },
+}
+
+/// Where server-reflexive candidates come from.
+struct Stun {
+    gatherer: Gatherer,
+    servers: Vec<StunServer>,
+    /// A lookup of the servers' names is out.
+    looking_up: bool,
+    /// The last lookup failed (said once at info, then at debug).
+    lookup_failed: bool,
+}
+
+pub struct Node {
+    mesh: Mesh,
+    stun: Option<Stun>,
+    outputs: VecDeque<NodeOutput>,
+    last_now: Instant,
+}
+
+impl Node {
+    /// A node that has not reached the registry yet. Its first STUN round
+    /// starts at once; links do not wait for it.
+    pub fn new(config: NodeConfig, now: Instant) -> Node {
+        let mut mesh = Mesh::new(config.mesh, now);
+        let hosts = config.host_candidates;
+        if hosts.is_empty() {
+            log::warn!("no usable local address for host candidates; links depend on peer-reflexive ones");
+        }
+        let stun = match (config.stun_servers.is_empty(), hosts.is_empty()) {
+            (true, _) => None,
+            (false, true) => {
+                log::info!("no host candidate to be the base of a server-reflexive one; not asking STUN servers");
+                None
+            }
+            (false, false) => Some(Stun {
+                gatherer: Gatherer::new(config.stun, hosts.clone()),
+                servers: config.stun_servers,
+                looking_up: false,
+                lookup_failed: false,
+            }),
+        };
+        mesh.set_local_candidates(hosts);
+        let mut node = Node { mesh, stun, outputs: VecDeque::new(), last_now: now };
+        node.start_stun_round(now);
+        node
+    }
+
+    /// The DTLS certificate links made from now on present.
+    pub fn set_dtls_identity(&mut self, identity: DtlsIdentity) {
+        self.mesh.set_dtls_identity(identity);
+    }
+
+    /// One datagram from the UDP socket: an answer of a STUN server, or
+    /// traffic of a link.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) {
+        self.touch(now);
+        if let Some(stun) = &mut self.stun
+            && stun.gatherer.handle_datagram(source, destination, bytes)
+        {
+            return;
+        }
+        self.mesh.handle_datagram(now, source, destination, bytes);
+    }
+
+    /// One command of agent `from`.
+    pub fn handle_command(&mut self, from: AgentId, cmd: Command, now: Instant) {
+        self.touch(now);
+        self.mesh.handle_command(from, cmd, now);
+    }
+
+    /// What the signaling client reports.
+    pub fn handle_signaling(&mut self, event: SignalingEvent, now: Instant) {
+        self.touch(now);
+        match event {
+            SignalingEvent::Connecting => self.mesh.handle_registry_connecting(),
+            SignalingEvent::Connected { peer_id } => self.mesh.handle_registry_connected(&peer_id, now),
+            SignalingEvent::Frame(text) => self.mesh.handle_signal(&text, now),
+            SignalingEvent::Down => self.mesh.handle_registry_down(),
+        }
+    }
+
+    /// The answer to a [`NodeOutput::Lookup`]: for each name, its
+    /// addresses or why there are none.
+    pub fn handle_lookup(&mut self, id: LookupId, results: Vec<Result<Vec<SocketAddr>, String>>, now: Instant) {
+        self.touch(now);
+        match id {
+            LookupId::StunServers => {
+                let Some(stun) = &mut self.stun else { return };
+                stun.looking_up = false;
+                let addrs = stun::pick_addresses(&stun.servers, &results);
+                stun.begin_round(addrs, now);
+            }
+        }
+    }
+
+    /// Services everything due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.touch(now);
+        if self.mesh.poll_timeout() <= now {
+            self.mesh.handle_timeout(now);
+        }
+        if let Some(stun) = &mut self.stun
+            && stun.gatherer.poll_timeout().is_some_and(|t| t <= now)
+        {
+            stun.gatherer.handle_timeout(now);
+        }
+    }
+
+    /// When [`Node::handle_timeout`] is due next (earlier is harmless).
+    pub fn poll_timeout(&self) -> Instant {
+        let mesh = self.mesh.poll_timeout();
+        match self.stun.as_ref().and_then(|s| s.gatherer.poll_timeout()) {
+            Some(t) => mesh.min(t),
+            None => mesh,
+        }
+    }
+
+    /// Next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<NodeOutput> {
+        loop {
+            if let Some(out) = self.outputs.pop_front() {
+                return Some(out);
+            }
+            if let Some(out) = self.stun.as_mut().and_then(|s| s.gatherer.poll_output()) {
+                self.on_stun_output(out);
+                continue;
+            }
+            return self.mesh.poll_output().map(|out| match out {
+                MeshOutput::Transmit { destination, contents, .. } => NodeOutput::Transmit { destination, contents },
+                MeshOutput::Signal(env) => NodeOutput::Signal(env.to_json()),
+                MeshOutput::Event { to, event } => NodeOutput::Event { to, event },
+            });
+        }
+    }
+
+    /// Closes every link gracefully and stops making new ones. Keep
+    /// servicing until [`Node::is_idle`].
+    pub fn shutdown(&mut self, now: Instant) {
+        self.touch(now);
+        self.stun = None;
+        self.mesh.shutdown(now);
+    }
+
+    /// No link needs servicing any more.
+    pub fn is_idle(&self) -> bool {
+        self.mesh.is_idle()
+    }
+
+    pub fn registry_state(&self) -> RegistryState {
+        self.mesh.registry_state()
+    }
+
+    /// Peers with an open DataChannel.
+    pub fn open_peer_count(&self) -> usize {
+        self.mesh.open_peer_count()
+    }
+
+    fn on_stun_output(&mut self, out: StunOutput) {
+        match out {
+            StunOutput::Transmit { destination, contents } => {
+                self.outputs.push_back(NodeOutput::Transmit { destination, contents });
+            }
+            StunOutput::Candidate { addr, base } => self.mesh.add_srflx_candidate(addr, base, self.last_now),
+            StunOutput::Resolve => self.start_stun_round(self.last_now),
+        }
+    }
+
+    /// Starts a round of STUN requests: at once when every server is an
+    /// address, after a lookup of their names otherwise.
+    fn start_stun_round(&mut self, now: Instant) {
+        let Some(stun) = &mut self.stun else { return };
+        if stun.looking_up {
+            return;
+        }
+        if stun.servers.iter().all(|s| s.literal().is_some()) {
+            let addrs = stun::pick_addresses(&stun.servers, &[]);
+            stun.begin_round(addrs, now);
+            return;
+        }
+        stun.looking_up = true;
+        let names = stun.servers.iter().map(|s| (s.host.clone(), s.port)).collect();
+        self.outputs.push_back(NodeOutput::Lookup { id: LookupId::StunServers, names });
+    }
+
+    fn touch(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+    }
+}
+
+impl Stun {
+    fn begin_round(&mut self, addrs: Result<Vec<SocketAddr>, String>, now: Instant) {
+        let addrs = match addrs {
+            Ok(addrs) => {
+                if self.lookup_failed {
+                    log::info!("STUN servers resolve again");
+                }
+                self.lookup_failed = false;
+                addrs
+            }
+            Err(e) => {
+                // Offline or no DNS: host candidates still work; the next
+                // round tries again without filling the log.
+                if self.lookup_failed {
+                    log::debug!("cannot look up the STUN servers: {e}");
+                } else {
+                    log::info!("cannot look up the STUN servers (retrying every few minutes): {e}");
+                }
+                self.lookup_failed = true;
+                Vec::new()
+            }
+        };
+        log::debug!("asking STUN servers at {addrs:?}");
+        self.gatherer.set_servers(&addrs, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::sim::{self, NatKind, STUN_SERVER, SimOutput, SimSidecar};
+    use chatixia_protocol::signaling::Envelope;
+    use serde_json::Value;
+    use std::net::IpAddr;
+    use std::time::Duration;
+
+    impl SimSidecar for Node {
+        fn handle_datagram(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) {
+            Node::handle_datagram(self, now, source, destination, bytes);
+        }
+        fn handle_frame(&mut self, text: &str, now: Instant) {
+            self.handle_signaling(SignalingEvent::Frame(text.to_owned()), now);
+        }
+        fn handle_registry_connected(&mut self, peer_id: &str, now: Instant) {
+            self.handle_signaling(SignalingEvent::Connected { peer_id: peer_id.to_owned() }, now);
+        }
+        fn handle_registry_down(&mut self, now: Instant) {
+            self.handle_signaling(SignalingEvent::Down, now);
+        }
+        fn handle_command(&mut self, agent: AgentId, cmd: Command, now: Instant) {
+            Node::handle_command(self, agent, cmd, now);
+        }
+        fn handle_timeout(&mut self, now: Instant) {
+            Node::handle_timeout(self, now);
+        }
+        fn poll_timeout(&self) -> Instant {
+            Node::poll_timeout(self)
+        }
+        fn poll_sim_output(&mut self) -> Option<SimOutput> {
+            self.poll_output().map(|out| match out {
+                NodeOutput::Transmit { destination, contents } => SimOutput::Transmit { destination, contents },
+                NodeOutput::Signal(text) => SimOutput::Signal(serde_json::from_str::<Envelope>(&text).unwrap()),
+                NodeOutput::Event { to, event } => SimOutput::Event { to, event },
+                NodeOutput::Lookup { .. } => panic!("the simulated STUN server is an address: nothing to look up"),
+            })
+        }
+    }
+
+    type World = sim::World<Node>;
+
+    /// Nodes whose one host candidate is their simulated address, asking
+    /// the simulated STUN server when `stun` is set.
+    fn world(ids: &[&str], stun: bool) -> World {
+        World::new(
+            ids,
+            Box::new(move |i, generation, addr, now| {
+                let config = NodeConfig {
+                    mesh: MeshConfig { seed: i as u64 + 1 + 100 * u64::from(generation), ..MeshConfig::default() },
+                    stun: GathererConfig::default(),
+                    stun_servers: if stun {
+                        crate::core::urls::parse_stun_urls(&format!("stun:{STUN_SERVER}"))
+                    } else {
+                        Vec::new()
+                    },
+                    host_candidates: vec![addr],
+                };
+                Node::new(config, now)
+            }),
+        )
+    }
+
+    /// Puts every node behind a NAT of `kind` with a public address of its
+    /// own.
+    fn behind_nats(w: &mut World, kind: NatKind) {
+        for (i, n) in w.nodes.iter().enumerate() {
+            let public = IpAddr::from([198, 51, 100, 10 + i as u8]);
+            w.net.add_nat(n.addr.ip(), public, kind);
+        }
+    }
+
+    #[test]
+    fn stun_discovery_and_link_setup_work_together_across_two_nats() {
+        let ids = ["alpha", "bravo"];
+        let mut w = world(&ids, true);
+        behind_nats(&mut w, NatKind::Cone);
+        w.connect("alpha");
+        w.connect("bravo");
+        assert!(w.run_until(Duration::from_secs(20), |w| w.full_mesh(&ids)), "no link across the NATs");
+        let took = w.now - w.start;
+        eprintln!("linked across two port-restricted cone NATs after {took:?} (simulated)");
+        assert!(w.stun_requests >= 2, "both asked the STUN server");
+        // Each side learned its public address and told the other.
+        let srflx = w.candidates_sent("bravo", "alpha", "srflx");
+        assert!(srflx.iter().any(|c| c.contains("198.51.100.11")), "{srflx:?}");
+        assert!(!w.candidates_sent("alpha", "bravo", "srflx").is_empty());
+        w.send("alpha", "bravo", "hello", Value::Null);
+        w.send("bravo", "alpha", "hi", Value::Null);
+        assert!(w.run_until(Duration::from_secs(1), |w| {
+            w.messages("alpha").len() == 1 && w.messages("bravo").len() == 1
+        }));
+        w.assert_alternating();
+    }
+
+    #[test]
+    fn without_stun_the_same_nats_keep_the_peers_apart() {
+        let ids = ["alpha", "bravo"];
+        let mut w = world(&ids, false);
+        behind_nats(&mut w, NatKind::Cone);
+        w.connect("alpha");
+        w.connect("bravo");
+        assert!(!w.run_until(Duration::from_secs(10), |w| w.connected("alpha", "bravo")));
+        assert_eq!(w.stun_requests, 0);
+        // Without NATs the host candidates alone are enough.
+        let mut w = world(&ids, false);
+        w.connect("alpha");
+        w.connect("bravo");
+        assert!(w.run_until(Duration::from_secs(1), |w| w.full_mesh(&ids)));
+    }
+
+    #[test]
+    fn stun_answers_are_not_fed_to_the_links_and_junk_is_harmless() {
+        let ids = ["alpha", "bravo"];
+        let mut w = world(&ids, true);
+        w.connect("alpha");
+        w.connect("bravo");
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&ids)));
+        let stun: SocketAddr = STUN_SERVER.parse().unwrap();
+        let now = w.now;
+        let alpha = w.nodes[0].addr;
+        for junk in [&[][..], &[0x01, 0x01, 0, 0][..], &[0xff; 64][..]] {
+            w.core("alpha").handle_datagram(now, stun, alpha, junk);
+            w.drain("alpha");
+        }
+        w.send("alpha", "bravo", "still", Value::Null);
+        assert!(w.run_until(Duration::from_secs(1), |w| w.messages("bravo").len() == 1));
+    }
+
+    #[test]
+    fn names_are_looked_up_by_the_shell_and_a_failed_lookup_costs_nothing() {
+        let now = sim::start();
+        let config = NodeConfig {
+            mesh: MeshConfig::default(),
+            stun: GathererConfig::default(),
+            stun_servers: crate::core::urls::parse_stun_urls("stun:stun.example.org:3478"),
+            host_candidates: vec!["192.0.2.1:5000".parse().unwrap()],
+        };
+        let mut node = Node::new(config, now);
+        let Some(NodeOutput::Lookup { id, names }) = node.poll_output() else { panic!("no lookup asked") };
+        assert_eq!(names, [("stun.example.org".to_owned(), 3478)]);
+        assert_eq!(node.poll_output(), None, "one lookup at a time");
+        node.handle_lookup(id, vec![Err("offline".into())], now);
+        assert_eq!(node.poll_output(), None, "nothing to ask");
+        node.handle_lookup(id, vec![Ok(vec!["203.0.113.3:3478".parse().unwrap()])], now);
+        let Some(NodeOutput::Transmit { destination, .. }) = node.poll_output() else { panic!("no request") };
+        assert_eq!(destination, "203.0.113.3:3478".parse().unwrap());
+    }
+}
