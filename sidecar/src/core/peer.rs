@@ -371,6 +371,12 @@ impl PeerLink {
         for addr in facts.candidate_addrs {
             link.remember_addr(addr);
         }
+        // str0m's ICE agent sends no check before its first timeout, and
+        // nothing would be due before the silence timeout: without this the
+        // answerer waits for the offerer's checks, which its own NAT drops
+        // as long as it has sent nothing towards the offerer. Checking from
+        // both sides at once is what punches the holes.
+        link.handle_timeout(now);
         Ok((link, answer.to_sdp_string()))
     }
 
