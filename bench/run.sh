@@ -1,5 +1,5 @@
 #!/bin/sh
-# Measures the SPEC §7 footprint and speed budgets of the release binaries
+# Measures the README, benchmarks footprint and speed budgets of the release binaries
 # on 127.0.0.1 and prints each figure next to its budget. Not a test: run it
 # on an otherwise quiet machine.
 #

@@ -1,4 +1,4 @@
-//! JWT claims (SPEC §2.3, compatible): HS256, `exp = iat + 300`.
+//! JWT claims (docs/PROTOCOL.md §2.2, compatible): HS256, `exp = iat + 300`.
 
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +9,7 @@ pub const EXP_LEEWAY_SECS: u64 = 60;
 
 pub const ROLE_AGENT: &str = "agent";
 pub const ROLE_ADMIN: &str = "admin";
-/// A paired device whose entry still awaits approval (SPEC §2.2).
+/// A paired device whose entry still awaits approval (docs/PROTOCOL.md §2.2, §3.4).
 pub const ROLE_PENDING: &str = "pending";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

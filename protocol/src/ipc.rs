@@ -1,4 +1,4 @@
-//! Newline-delimited JSON between an agent and its sidecar (SPEC §6.1).
+//! Newline-delimited JSON between an agent and its sidecar (docs/PROTOCOL.md §6).
 //! Every line is `{"type": …, "payload": …}`.
 
 use crate::mesh::MeshMessage;

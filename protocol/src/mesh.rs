@@ -1,4 +1,4 @@
-//! The message carried on a `mesh` DataChannel (SPEC §5.3, compatible).
+//! The message carried on a `mesh` DataChannel (docs/PROTOCOL.md §5.2–5.3, compatible).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -1,5 +1,5 @@
-//! The signaling envelope relayed by the registry (SPEC §4.1, compatible) and
-//! the payloads the registry itself produces (SPEC §4.2, fixed).
+//! The signaling envelope relayed by the registry (docs/PROTOCOL.md §4.2, compatible) and
+//! the payloads the registry itself produces (docs/PROTOCOL.md §4, fixed).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -147,7 +147,7 @@ pub struct SdpPayload {
     pub sdp: String,
 }
 
-/// Payload of `ice_candidate` (SPEC §5.1). An empty `candidate` means end of
+/// Payload of `ice_candidate` (docs/PROTOCOL.md §4.6, §5.1). An empty `candidate` means end of
 /// candidates; `sdpMid` may be empty or missing, `sdpMLineIndex` missing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceCandidatePayload {

@@ -1,4 +1,4 @@
-//! The systemd notify protocol (SPEC §6.3), spoken directly: one datagram
+//! The systemd notify protocol (docs/ARCHITECTURE.md, single-threaded), spoken directly: one datagram
 //! per message to `$NOTIFY_SOCKET`. Outside systemd every call is a no-op.
 
 use std::os::linux::net::SocketAddrExt;

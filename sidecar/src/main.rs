@@ -101,7 +101,7 @@ fn main() -> ExitCode {
 }
 
 /// `chatixia-sidecar pair --registry URL --code NNNNNN --name NAME`
-/// (SPEC §4.3). Prints what the admin needs to approve, never the token.
+/// (docs/PROTOCOL.md §3.6). Prints what the admin needs to approve, never the token.
 fn pair_main() -> ExitCode {
     let dotenv = std::fs::read_to_string(".env").map(|t| chatixia_settings::parse_dotenv(&t)).unwrap_or_default();
     let args = std::env::args().skip(2);

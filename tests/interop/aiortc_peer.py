@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A mesh peer built on aiortc, an independent WebRTC stack, for interop
-tests against our registry and sidecar (SPEC §4, §5).
+tests against our registry and sidecar (docs/PROTOCOL.md §4, §5).
 
 It exchanges an API key for a JWT, joins the signaling WebSocket, registers
 and then either offers to a target peer (--role offer, as a newcomer does)
@@ -33,7 +33,7 @@ import websockets
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
-# Gotcha 1 (notes §5): aioice drops 127.0.0.1 from host candidates.
+# Gotcha 1 (aiortc skips loopback): aioice drops 127.0.0.1 from host candidates.
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 

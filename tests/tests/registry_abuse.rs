@@ -1,4 +1,4 @@
-//! Frames the registry must survive (SPEC §4.2 limits): oversize, beyond the
+//! Frames the registry must survive (docs/PROTOCOL.md §4 limits): oversize, beyond the
 //! hard cap, not JSON, binary, unknown, and a flood, none of which may
 //! affect the other clients.
 
@@ -171,8 +171,8 @@ fn a_flooding_client_does_not_slow_down_the_others() {
     });
 }
 
-/// A client that never reads is closed once its send queue is full (SPEC
-/// §4.2: "a consumer that stays too slow is closed"), and the others learn
+/// A client that never reads is closed once its send queue is full
+/// (docs/PROTOCOL.md §4: a consumer that stays too slow is closed), and the others learn
 /// that it is gone.
 #[test]
 fn a_client_that_never_reads_is_disconnected() {

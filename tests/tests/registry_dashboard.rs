@@ -1,4 +1,4 @@
-//! The built-in dashboard (SPEC §8) served by the real registry: the page,
+//! The built-in dashboard (README, dashboard) served by the real registry: the page,
 //! the assets it references, their headers, and the API routes its script
 //! reads.
 

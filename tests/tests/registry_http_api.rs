@@ -1,4 +1,4 @@
-//! The registry's REST API (SPEC §3): health and metrics, ICE config, agent
+//! The registry's REST API (docs/PROTOCOL.md §3): health and metrics, ICE config, agent
 //! registry, task hub, body errors, admin auth and CORS.
 
 use chatixia_e2e::{Registry, Scratch, block_on};
@@ -141,7 +141,7 @@ fn heartbeats_create_agents_and_claim_their_tasks() {
         v["pending_tasks"].as_array().expect("pending_tasks").clone()
     };
 
-    // Unknown agent → created, SPEC defaults for what it left out.
+    // Unknown agent → created, the documented defaults for what it left out.
     assert!(heartbeat(json!({"agent_id": "w1", "hostname": "box", "skill_names": ["s"]})).is_empty());
     let w1 = reg.get("/api/registry/agents/w1").json();
     assert_eq!((&w1["hostname"], &w1["port"], &w1["health"]), (&json!("box"), &json!(8000), &json!("active")), "{w1}");

@@ -1,4 +1,4 @@
-//! The registry process (SPEC §2.3, §4.4, §6.3-like behaviour of the
+//! The registry process (docs/PROTOCOL.md §2.2, §4.4, §6.3-like behaviour of the
 //! registry): the generated secret survives a crash, SIGTERM is a clean and
 //! prompt exit.
 

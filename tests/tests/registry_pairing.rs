@@ -1,4 +1,4 @@
-//! Pairing, admin authentication and crash-safe state (SPEC §2.4, §4.3,
+//! Pairing, admin authentication and crash-safe state (docs/PROTOCOL.md §3.5, §4.3,
 //! §4.4), registry side, against the real binary: codes, redemption, the
 //! approval queue and its effects on open sockets, admin routes, the state
 //! directory across `kill -9`, and `chatixia-registry admin`.

@@ -1,4 +1,4 @@
-//! The registry's signaling relay, driven over real WebSockets (SPEC §4.1–4.2).
+//! The registry's signaling relay, driven over real WebSockets (docs/PROTOCOL.md §4).
 
 use chatixia_e2e::ws::WsClient;
 use chatixia_e2e::{Registry, Scratch, TEST_SECRET, block_on, jwt};

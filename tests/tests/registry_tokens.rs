@@ -1,4 +1,4 @@
-//! `POST /api/token` and the API keys file (SPEC §2.1–2.3): exchange, hashed
+//! `POST /api/token` and the API keys file (docs/PROTOCOL.md §2–§3.4): exchange, hashed
 //! keys, reload on SIGHUP with revocation of open sockets, rate limit, and
 //! startup errors.
 

@@ -1,4 +1,4 @@
-//! `GET /ws?token=…` (SPEC §2.3, §3): only a valid HS256 token of the
+//! `GET /ws?token=…` (docs/PROTOCOL.md §2.2, §3): only a valid HS256 token of the
 //! registry's secret upgrades; everything else is 401 with an empty body and
 //! no upgrade.
 

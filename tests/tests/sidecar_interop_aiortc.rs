@@ -1,4 +1,4 @@
-//! Interop with an independent WebRTC stack (SPEC §5.1): aiortc, driven by
+//! Interop with an independent WebRTC stack (docs/PROTOCOL.md §4.6, §5.1): aiortc, driven by
 //! tests/interop/aiortc_peer.py, joins our registry as peer `bravo` and
 //! links with a real sidecar `alpha`, once as the offerer and once as the
 //! answerer. Messages go both ways between aiortc and alpha's agent, and the

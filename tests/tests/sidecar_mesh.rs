@@ -1,5 +1,5 @@
 //! Real sidecars on loopback, with the real registry, forming a mesh and
-//! carrying agents' messages (SPEC §5, §6.1).
+//! carrying agents' messages (docs/PROTOCOL.md §5, §6.1).
 
 use chatixia_e2e::sidecar::{Agent, Sidecar, mesh_message};
 use chatixia_e2e::{Registry, Scratch};

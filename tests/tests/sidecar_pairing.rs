@@ -1,4 +1,4 @@
-//! A paired device, sidecar side (SPEC §4.3, §6.4): `chatixia-sidecar pair`
+//! A paired device, sidecar side (docs/PROTOCOL.md §3.6, §6.4): `chatixia-sidecar pair`
 //! stores the device token, the daemon waits unseen while pending, joins
 //! the mesh on approval without a restart, and is shut out on revocation.
 

@@ -1,5 +1,5 @@
 //! Sidecars surviving the loss of a peer, of the registry, and of their own
-//! process (SPEC §5.2, §6.2).
+//! process (docs/PROTOCOL.md §5.5, §6.2).
 
 use chatixia_e2e::sidecar::{Agent, Sidecar, mesh_message};
 use chatixia_e2e::{Registry, Scratch};

@@ -1,4 +1,4 @@
-//! Server-reflexive candidates (SPEC §5.4) against a fake STUN server on
+//! Server-reflexive candidates (docs/PROTOCOL.md §5.4) against a fake STUN server on
 //! loopback: the sidecar announces what the server saw, and a server that
 //! never answers does not slow links down.
 

@@ -65,7 +65,7 @@ fn two_sidecars_mesh_through_an_https_and_wss_registry() {
         let failed = log.contains("token exchange with") || log.contains("signaling connection to");
         assert!(!failed, "{name} had a failed registry connection:\n{log}");
     }
-    // TLS adds no thread (SPEC §6.3): main + async-io once the short-lived
+    // TLS adds no thread (docs/ARCHITECTURE.md, single-threaded): main + async-io once the short-lived
     // token-request thread is gone. Not under an emulator, whose own
     // threads would show in /proc.
     if std::env::var("CHATIXIA_BIN_RUNNER").unwrap_or_default().is_empty() {

@@ -1,4 +1,4 @@
-//! Both daemons speak systemd's notify protocol (SPEC §6.3, §9): READY=1
+//! Both daemons speak systemd's notify protocol (docs/ARCHITECTURE.md, single-threaded, §9): READY=1
 //! once they serve, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1 on
 //! SIGTERM. A datagram socket of the test stands in for systemd.
 

@@ -1,4 +1,4 @@
-//! The mesh core (SPEC §5, §6.1): every [`PeerLink`] of this sidecar, the
+//! The mesh core (docs/PROTOCOL.md §5, §6.1): every [`PeerLink`] of this sidecar, the
 //! signaling that sets them up, and the agents' commands. Sans-IO like
 //! [`PeerLink`]: the shell feeds signaling frames, datagrams, commands and
 //! time in (`handle_*`), drains [`Mesh::poll_output`] after every call, and
@@ -7,7 +7,7 @@
 //! Connections are tracked per instance ([`ConnId`]). A peer has at most one
 //! *current* connection; a replaced or closed one may keep draining its
 //! goodbye for a while, but nothing it reports afterwards can touch the
-//! peer's current connection (SPEC §5.2).
+//! peer's current connection (docs/PROTOCOL.md §5.5).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -28,7 +28,7 @@ use super::peer::{DtlsIdentity, LinkConfig, LinkError, LinkOutput, PeerLink, Sen
 /// Identifies one connection instance to a peer.
 pub type ConnId = u64;
 
-/// Version of the `register` payload (SPEC §4.2).
+/// Version of the `register` payload (docs/PROTOCOL.md §4).
 const REGISTER_VERSION: u32 = 1;
 /// What this sidecar can do beyond the original, announced in `register`.
 const FEATURES: &[&str] = &["mesh_status", "ping"];
@@ -38,7 +38,7 @@ const IDLE_WAKEUP: Duration = Duration::from_secs(3600);
 /// the DTLS layer holds (see [`Mesh::defer_pump`]).
 const MAX_UNPOLLED_INPUTS: usize = 8;
 /// Bound on connections (current and draining) so a flood of offers cannot
-/// exhaust memory; ~65 KB each (notes §3).
+/// exhaust memory; ~65 KB each (docs/ARCHITECTURE.md, str0m fact 2).
 const MAX_CONNECTIONS: usize = 512;
 /// Bound on peers remembered from a `peer_list`.
 const MAX_LISTED: usize = 4096;
@@ -126,7 +126,7 @@ struct Conn {
 struct PeerState {
     current: Option<ConnId>,
     /// When to ask the registry for the list again to re-offer after a dead
-    /// link (SPEC §5.2).
+    /// link (docs/PROTOCOL.md §5.5).
     recheck_at: Option<Instant>,
     /// Next re-offer delay before jitter.
     backoff: Option<Duration>,
@@ -280,7 +280,7 @@ impl Mesh {
     }
 
     /// The signaling connection is gone. Links are not touched: established
-    /// DataChannels keep working without the registry (SPEC §5.2).
+    /// DataChannels keep working without the registry (docs/PROTOCOL.md §5.5).
     pub fn handle_registry_down(&mut self) {
         if self.registry == RegistryState::Connected {
             log::info!("registry connection lost; {} open links keep running", self.open_peers().len());
@@ -369,8 +369,9 @@ impl Mesh {
     }
 
     /// One datagram from the UDP socket. It goes to the link str0m itself
-    /// claims it for, else to the one that knows the sender's address (notes
-    /// pitfall 1); current links are asked before draining ones.
+    /// claims it for, else to the one that knows the sender's address
+    /// (docs/ARCHITECTURE.md, str0m fact 1); current links are asked before
+    /// draining ones.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) {
         self.touch(now);
         let idx =
@@ -421,7 +422,7 @@ impl Mesh {
         }
     }
 
-    /// One command of agent `from` (SPEC §6.1).
+    /// One command of agent `from` (docs/PROTOCOL.md §6).
     pub fn handle_command(&mut self, from: AgentId, cmd: Command, now: Instant) {
         self.touch(now);
         match cmd {
@@ -515,7 +516,7 @@ impl Mesh {
         if let Some(id) = self.current_of(peer) {
             let awaiting = self.conn(id).is_some_and(|c| c.awaiting_answer);
             if awaiting && me.as_str() < peer {
-                // Glare: our offer wins (SPEC §5.2); the peer answers it.
+                // Glare: our offer wins (docs/PROTOCOL.md §5.5); the peer answers it.
                 log::debug!("glare with {peer}: keeping our offer");
                 return;
             }
@@ -870,7 +871,7 @@ impl Mesh {
     }
 
     /// After a dead link: the smaller peer_id re-offers after a backoff
-    /// (SPEC §5.2). The larger one checks later too, in case the smaller
+    /// (docs/PROTOCOL.md §5.5). The larger one checks later too, in case the smaller
     /// never learns of the failure (e.g. our own offer was what got lost);
     /// by then the smaller one's offer normally made a live link, so the
     /// check offers nothing.

@@ -1,4 +1,4 @@
-//! One WebRTC link to one remote peer (SPEC §5): a sans-IO wrapper around a
+//! One WebRTC link to one remote peer (docs/PROTOCOL.md §5): a sans-IO wrapper around a
 //! `str0m::Rtc` that carries the mesh DataChannel.
 //!
 //! Nothing here touches a socket, a clock or a thread. The owner feeds
@@ -9,7 +9,7 @@
 //! a drain stalls the link.
 //!
 //! A link never takes the process down: any error or panic inside str0m ends
-//! that link with [`LinkOutput::Closed`] (SPEC §5.2).
+//! that link with [`LinkOutput::Closed`] (docs/PROTOCOL.md §5.5).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -38,20 +38,20 @@ pub const DEFAULT_MAX_REMOTE_CANDIDATES: usize = 64;
 /// checking, a peer is still heard from at least every 6 s on every pair.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(6);
 /// Two keepalive rounds missed on every pair. It keeps dead-peer detection
-/// under SPEC §5.2's 15 s, which ICE alone cannot do (about 21.5 s, and 15 s
-/// at best with tuning: notes pitfall 4).
+/// within 15 s, which ICE alone cannot do (about 21.5 s, and 15 s at best
+/// with tuning: docs/ARCHITECTURE.md, str0m fact 4).
 pub const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// Half of str0m's default: sctp-proto walks everything in flight on each
-/// poll, so a smaller buffer is faster (notes §3; 16 KiB messages over
+/// poll, so a smaller buffer is faster (docs/ARCHITECTURE.md, str0m fact 2; 16 KiB messages over
 /// loopback: 30 MB/s at 128 KiB, 35 MB/s at 64 KiB). It is raised when a
 /// configured message would not fit, because a message larger than the
-/// buffer is never accepted (notes pitfall 2).
+/// buffer is never accepted (docs/ARCHITECTURE.md, str0m fact 2).
 const SCTP_SEND_BUFFER: usize = 64 * 1024;
 /// RFC 8841 §6.1: what a peer that does not advertise `a=max-message-size`
 /// accepts.
 const REMOTE_MAX_MESSAGE_DEFAULT: usize = 64 * 1024;
-/// The original sidecar sends up to this much (SPEC §5.3), so we must accept it
+/// The original sidecar sends up to this much (docs/PROTOCOL.md §5.2–5.3), so we must accept it
 /// even when our own sending limit is lower.
 const RECEIVE_MESSAGE_FLOOR: usize = 65_535;
 /// Charged per queued message on top of its length so that a flood of empty
@@ -118,7 +118,7 @@ pub struct LinkConfig {
     /// closed, during setup as well as once open. `None` leaves dead-peer
     /// detection to ICE alone.
     pub silence_timeout: Option<Duration>,
-    /// Optional ICE tuning (notes pitfall 4: ICE never notices a vanished
+    /// Optional ICE tuning (docs/ARCHITECTURE.md, str0m fact 4: ICE never notices a vanished
     /// peer in under about 15 s, whatever is set here).
     pub max_stun_rto: Option<Duration>,
     pub max_stun_retransmits: Option<usize>,
@@ -264,7 +264,7 @@ pub struct PeerLink {
     /// Trickled before the remote description; str0m gets them once it is set.
     early_candidates: Vec<Candidate>,
     /// Where the remote may send from; routing fallback for datagrams that
-    /// `Rtc::accepts` refuses (notes pitfall 1).
+    /// `Rtc::accepts` refuses (docs/ARCHITECTURE.md, str0m fact 1).
     remote_addrs: Vec<SocketAddr>,
     mid: Option<String>,
     mline_index: u16,
@@ -300,7 +300,7 @@ impl PeerLink {
     /// Starts a link as the offering side: creates the `mesh` DataChannel
     /// (ordered, reliable, in-band DCEP). `local_candidates` become host
     /// candidates inside the offer, which opens the link about twice as fast
-    /// as trickling them (notes §6.9).
+    /// as trickling them (docs/ARCHITECTURE.md, str0m fact 7).
     pub fn new_offerer(
         local_candidates: &[SocketAddr],
         config: &LinkConfig,
@@ -343,7 +343,7 @@ impl PeerLink {
     }
 
     /// Starts a link as the answering side. A DataChannel of any label is
-    /// accepted (SPEC §5.1).
+    /// accepted (docs/PROTOCOL.md §4.6, §5.1).
     pub fn new_answerer(
         offer_sdp: &str,
         local_candidates: &[SocketAddr],
@@ -418,7 +418,7 @@ impl PeerLink {
     }
 
     /// Takes one trickled remote candidate. Tolerates what other stacks send
-    /// (SPEC §5.1): with or without `candidate:`/`a=candidate:`, any `sdpMid`,
+    /// (docs/PROTOCOL.md §4.6, §5.1): with or without `candidate:`/`a=candidate:`, any `sdpMid`,
     /// an empty candidate (end of candidates). Candidates that cannot be used
     /// here (mDNS `.local` names, TCP, garbage) are ignored, never fatal.
     pub fn add_remote_candidate(&mut self, c: &IceCandidatePayload) {
@@ -487,7 +487,7 @@ impl PeerLink {
     }
 
     /// The mid of the data section, for the `sdpMid` of trickled candidates.
-    /// str0m makes random ones, not `"0"` (notes pitfall 8).
+    /// str0m makes random ones, not `"0"` (docs/ARCHITECTURE.md, str0m fact 8).
     pub fn mid(&self) -> Option<String> {
         self.mid.clone()
     }
@@ -496,7 +496,7 @@ impl PeerLink {
     /// from an address the remote signaled or checked from. The second test
     /// matters: str0m refuses a DTLS ClientHello that arrives before its own
     /// check on that pair succeeded, which costs a 1 s DTLS retransmit
-    /// (notes pitfall 1; 6 ms instead of 1.02 s to open in the tests here).
+    /// (docs/ARCHITECTURE.md, str0m fact 1; 6 ms instead of 1.02 s to open in the tests here).
     pub fn accepts(&self, now: Instant, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) -> bool {
         self.accepts_strict(now, source, destination, bytes) || (self.is_alive() && self.knows_remote_address(source))
     }
@@ -621,7 +621,7 @@ impl PeerLink {
     }
 
     /// Ends the link gracefully: SCTP shutdown and DTLS close_notify, so the
-    /// remote learns at once (notes pitfall 5). Keep servicing the link until
+    /// remote learns at once (docs/ARCHITECTURE.md, str0m fact 5). Keep servicing the link until
     /// [`PeerLink::is_alive`] is false. Queued messages are discarded.
     pub fn close(&mut self) {
         if self.ended {
@@ -1157,7 +1157,7 @@ mod tests {
         assert_eq!(net.unclaimed, 0);
     }
 
-    /// The shapes other stacks trickle candidates in (SPEC §5.1).
+    /// The shapes other stacks trickle candidates in (docs/PROTOCOL.md §4.6, §5.1).
     #[derive(Clone, Copy, Debug)]
     enum Form {
         AsProduced,

@@ -1,4 +1,4 @@
-//! The sidecar's HTTP requests — the token exchange (SPEC §2.2) and
+//! The sidecar's HTTP requests — the token exchange (docs/PROTOCOL.md §2.2, §3.4) and
 //! redeeming a pairing code (§4.3) — plus the TCP connect (and TLS
 //! handshake, on the event loop) the signaling WebSocket uses.
 //!
@@ -6,7 +6,7 @@
 //! own so the event loop never waits on the network. Not `smol::unblock`:
 //! the `blocking` crate (1.7) keeps an idle pool thread for good — its exit
 //! test `Some(thread_count) > thread_limit` never holds below the 500-thread
-//! limit — which would break the two-thread steady state of SPEC §6.3. A
+//! limit — which would break the two-thread steady state of docs/ARCHITECTURE.md, single-threaded. A
 //! thread per request (one every few seconds at worst, each bounded by the
 //! request timeout) exits when the request is done.
 //!

@@ -1,4 +1,4 @@
-//! Local network facts the WebRTC layer needs (SPEC §5.4).
+//! Local network facts the WebRTC layer needs (docs/PROTOCOL.md §5.4).
 
 use std::net::IpAddr;
 

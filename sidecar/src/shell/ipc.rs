@@ -21,7 +21,7 @@ pub struct IpcSocket {
 }
 
 impl IpcSocket {
-    /// Binds `path` with mode 0660 (SPEC §6.1). A file left by a dead
+    /// Binds `path` with mode 0660 (docs/PROTOCOL.md §6). A file left by a dead
     /// sidecar is replaced; one that a live process still listens on is not.
     pub fn bind(path: &Path) -> Result<IpcSocket, String> {
         let shown = path.display();

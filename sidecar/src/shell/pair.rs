@@ -1,4 +1,4 @@
-//! `chatixia-sidecar pair`: redeems a pairing code (SPEC §4.3) and keeps the
+//! `chatixia-sidecar pair`: redeems a pairing code (docs/PROTOCOL.md §3.6) and keeps the
 //! device token in the state directory, where the daemon finds it.
 //!
 //! The token is the device's only credential and the registry hands it out
@@ -23,7 +23,7 @@ pub const TOKEN_FILE: &str = "device_token";
 const MAX_TOKEN_LEN: usize = 256;
 const TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What `POST /api/pairing/pair` answers (SPEC §4.3).
+/// What `POST /api/pairing/pair` answers (docs/PROTOCOL.md §3.6).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Paired {
     pub id: String,

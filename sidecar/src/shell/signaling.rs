@@ -1,4 +1,4 @@
-//! The registry client (SPEC §6.2): token exchange, the signaling WebSocket,
+//! The registry client (docs/PROTOCOL.md §4.6): token exchange, the signaling WebSocket,
 //! keepalive and reconnection. It only moves frames; what they mean is the
 //! mesh core's business.
 //!
@@ -31,7 +31,7 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(20);
 pub const PONG_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bounds the token request and the WebSocket handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Registry frames are limited to 64 KiB (SPEC §4.2); this is only a cap on
+/// Registry frames are limited to 64 KiB (docs/PROTOCOL.md §4); this is only a cap on
 /// what a broken server can make us buffer.
 const MAX_FRAME: usize = 1 << 20;
 
@@ -65,7 +65,7 @@ pub enum TokenError {
     Other(String),
 }
 
-/// `POST TOKEN_URL` with the credential header (SPEC §2.2), off the event
+/// `POST TOKEN_URL` with the credential header (docs/PROTOCOL.md §2.2, §3.4), off the event
 /// loop (see [`http`]).
 pub async fn exchange_token(
     url: &str,

@@ -1,4 +1,4 @@
-//! `bench`: measures the SPEC §7 figures of the real release binaries on
+//! `bench`: measures the README, benchmarks figures of the real release binaries on
 //! 127.0.0.1 and prints each next to its budget. Not part of the test suite.
 //!
 //! Run it from the repository root with `bench/run.sh [SECTION]`, which
@@ -71,7 +71,7 @@ fn section_args(args: &[String], own: Flags) -> Result<Vec<String>, String> {
 fn usage() -> String {
     let mut text = String::from(
         "usage: bench SECTION [OPTIONS]   (or: bench all)\n\
-         Measures SPEC §7 figures of the release binaries on 127.0.0.1.\n\nsections:\n",
+         Measures README, benchmarks figures of the release binaries on 127.0.0.1.\n\nsections:\n",
     );
     for (name, what, _, _) in SECTIONS {
         text.push_str(&format!("  {name:<10} {what}\n"));

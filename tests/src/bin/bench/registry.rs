@@ -1,4 +1,4 @@
-//! Registry figures of SPEC §7: RSS idle and with 1,000 registered
+//! Registry figures of README, benchmarks: RSS idle and with 1,000 registered
 //! WebSocket clients; relay throughput and latency between one pair.
 //!
 //! Each figure gets its own registry on 127.0.0.1 in a scratch directory.

@@ -1,4 +1,4 @@
-//! Sidecar figures of SPEC §7: RSS idle and with 10 open peers, threads,
+//! Sidecar figures of README, benchmarks: RSS idle and with 10 open peers, threads,
 //! idle CPU, second start → `peer_connected`, IPC round trip, DataChannel
 //! throughput and 11 sidecars meshing at once.
 //!
@@ -260,7 +260,7 @@ fn mesh(report: &mut Report, opts: &Options) -> Result<(), String> {
         "utime+stime of bench-s00 from /proc/PID/stat: {} ms in {:.1} s (clock-tick resolution 10 ms){}",
         cpu.as_millis(),
         wall.as_secs_f64(),
-        if opts.quick { "; --quick: 10 s, not the 60 s of SPEC §7" } else { "" }
+        if opts.quick { "; --quick: 10 s, not the 60 s of README, benchmarks" } else { "" }
     ));
 
     // Round trips bench-s00 -> bench-s01 -> bench-s00.
