@@ -19,6 +19,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== core/shell boundary"
+scripts/check-boundary.sh
 echo "== build binaries for the end-to-end tests"
 cargo build --workspace --bins --locked
 # The aiortc interop test (tests/tests/sidecar_interop_aiortc.rs) runs an
