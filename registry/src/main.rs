@@ -3,13 +3,13 @@
 
 mod admin;
 
-use chatixia_registry::api::{ApiConfig, Now, Registry};
-use chatixia_registry::hub::HubConfig;
-use chatixia_registry::persist::{self, PAIRING_FILE, TASKS_FILE};
-use chatixia_registry::ratelimit::Rate;
+use chatixia_registry::core::api::{ApiConfig, Now, Registry};
+use chatixia_registry::core::hub::HubConfig;
+use chatixia_registry::core::persist::{self, PAIRING_FILE, TASKS_FILE};
+use chatixia_registry::core::ratelimit::Rate;
+use chatixia_registry::core::token::TokenIssuer;
+use chatixia_registry::shell::StateDir;
 use chatixia_registry::shell::{self, ShellConfig};
-use chatixia_registry::state::StateDir;
-use chatixia_registry::token::TokenIssuer;
 use chatixia_settings::{Setting, Settings};
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;

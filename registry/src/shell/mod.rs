@@ -5,15 +5,16 @@
 mod http;
 mod persist;
 mod rewind;
+mod state_dir;
 mod ws;
 
-use crate::api::{Now, Registry};
-use crate::hub::{ConnId, HubOutput};
-use crate::keys::KeyStore;
-use crate::state::StateDir;
+use crate::core::api::{Now, Registry};
+use crate::core::hub::{ConnId, HubOutput};
+use crate::core::keys::KeyStore;
 use async_tungstenite::tungstenite::Message;
 use chatixia_settings::systemd::{Notifier, watchdog_interval};
 use smol::{Async, LocalExecutor, Timer};
+pub use state_dir::StateDir;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};

@@ -11,9 +11,9 @@
 //!   many requests thus share one write (group commit) instead of queueing
 //!   one fsync each.
 
-use crate::api::Registry;
-use crate::persist::{PAIRING_FILE, Revisions, TASKS_FILE};
-use crate::state::StateDir;
+use super::state_dir::StateDir;
+use crate::core::api::Registry;
+use crate::core::persist::{PAIRING_FILE, Revisions, TASKS_FILE};
 use smol::lock::Mutex;
 use std::cell::RefCell;
 
@@ -69,11 +69,11 @@ impl Persister {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ApiConfig, Now};
-    use crate::keys::KeyStore;
-    use crate::persist::{TASKS_FILE, decode_tasks};
-    use crate::tasks::TaskSubmission;
-    use crate::token::TokenIssuer;
+    use crate::core::api::{ApiConfig, Now};
+    use crate::core::keys::KeyStore;
+    use crate::core::persist::{TASKS_FILE, decode_tasks};
+    use crate::core::tasks::TaskSubmission;
+    use crate::core::token::TokenIssuer;
     use std::time::{Instant, SystemTime};
 
     fn registry() -> RefCell<Registry> {
@@ -105,7 +105,7 @@ mod tests {
             p.save(&r).await.unwrap();
             let tasks = decode_tasks(&state.read(TASKS_FILE).unwrap().unwrap()).unwrap();
             assert_eq!(tasks.len(), 1);
-            assert!(state.read(crate::persist::PAIRING_FILE).unwrap().is_none(), "pairing did not change");
+            assert!(state.read(crate::core::persist::PAIRING_FILE).unwrap().is_none(), "pairing did not change");
 
             // Covered by the last write: no second write.
             std::fs::remove_file(state.file(TASKS_FILE)).unwrap();

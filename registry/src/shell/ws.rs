@@ -2,7 +2,7 @@
 //! this connection come out of a bounded queue.
 
 use super::{ConnHandle, Shared, SocketGuard, now};
-use crate::token::Identity;
+use crate::core::token::Identity;
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::frame::Frame;
 use async_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};

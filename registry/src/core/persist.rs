@@ -4,7 +4,7 @@
 //!
 //! | file | content |
 //! |---|---|
-//! | `signaling-secret` | the generated JWT secret, hex ([`crate::state`]) |
+//! | `signaling-secret` | the generated JWT secret, hex ([`crate::shell::state_dir`]) |
 //! | `pairing.json` | `{"version":1,"codes":[{"sha256","expires_at","created_by"}],"entries":[{…OnboardingEntry,"device_token_sha256"}]}` |
 //! | `tasks.json` | `{"version":1,"tasks":[Task…]}` |
 //!
@@ -14,7 +14,7 @@
 //! joins later as a new file without a migration of the others. The kinds
 //! are independent, so nothing needs to change two files at once.
 //!
-//! Each file is replaced whole through [`crate::state::StateDir::write_atomic`] (`chatixia_settings::durable`)
+//! Each file is replaced whole through [`crate::shell::state_dir::StateDir::write_atomic`] (`chatixia_settings::durable`)
 //! (temporary file, fsync, rename, fsync of the directory), so after a crash
 //! it holds either the old or the new document. The shell writes after the
 //! core has changed a kind (its revision moved) and before it answers the
@@ -25,8 +25,8 @@
 //! Readers tolerate missing optional fields, so a later version that only
 //! adds fields can keep `version: 1`; anything else bumps the version.
 
-use crate::pairing::PairingSnapshot;
-use crate::tasks::Task;
+use crate::core::pairing::PairingSnapshot;
+use crate::core::tasks::Task;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -115,7 +115,7 @@ pub fn decode_tasks(bytes: &[u8]) -> Result<Vec<Task>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pairing::{OnboardingEntry, Status, StoredCode, StoredEntry};
+    use crate::core::pairing::{OnboardingEntry, Status, StoredCode, StoredEntry};
     use serde_json::{Value, json};
 
     fn snapshot() -> PairingSnapshot {

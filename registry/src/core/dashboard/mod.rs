@@ -7,7 +7,7 @@
 //! Script and style are separate files rather than inline so that the
 //! Content-Security-Policy can forbid every inline script and style.
 
-use crate::api::ApiResponse;
+use crate::core::api::ApiResponse;
 
 pub const INDEX_HTML: &str = include_str!("index.html");
 pub const APP_JS: &str = include_str!("app.js");

@@ -44,7 +44,7 @@
 //! `port` and `skills_count` 0, `health` `active` (it reports, or holds an
 //! open DataChannel with a peer that does).
 
-use crate::agents::{AgentRecord, Health};
+use crate::core::agents::{AgentRecord, Health};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -215,7 +215,7 @@ fn ordered_pair(a: &str, b: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agents::AgentInfo;
+    use crate::core::agents::AgentInfo;
     use serde_json::json;
     use std::collections::HashMap;
 

@@ -2,17 +2,17 @@
 //! turns each HTTP request into an [`ApiRequest`] and writes back the
 //! [`ApiResponse`]; WebSocket events go to [`Registry::hub`].
 
-use crate::agents::{AgentInfo, AgentRegistry, Heartbeat};
-use crate::dashboard::Asset;
-use crate::hub::{Authorize, Hub, HubConfig};
-use crate::ice;
-use crate::keys::KeyStore;
-use crate::pairing::{CodeError, PairError, PairingLimits, PairingSnapshot, PairingStore, Status};
-use crate::persist::{Dirty, Revisions};
-use crate::ratelimit::{KeyedLimiter, Rate, TokenBucket};
-use crate::tasks::{Task, TaskHub, TaskSubmission, TaskUpdate, UpdateError};
-use crate::token::{Identity, TokenIssuer};
-use crate::topology;
+use crate::core::agents::{AgentInfo, AgentRegistry, Heartbeat};
+use crate::core::dashboard::Asset;
+use crate::core::hub::{Authorize, Hub, HubConfig};
+use crate::core::ice;
+use crate::core::keys::KeyStore;
+use crate::core::pairing::{CodeError, PairError, PairingLimits, PairingSnapshot, PairingStore, Status};
+use crate::core::persist::{Dirty, Revisions};
+use crate::core::ratelimit::{KeyedLimiter, Rate, TokenBucket};
+use crate::core::tasks::{Task, TaskHub, TaskSubmission, TaskUpdate, UpdateError};
+use crate::core::token::{Identity, TokenIssuer};
+use crate::core::topology;
 use chatixia_protocol::claims::{ROLE_ADMIN, ROLE_AGENT, ROLE_PENDING, TokenResponse};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -445,7 +445,7 @@ impl Registry {
         match self.pairing.generate_code(&creator, now.wall, &mut *self.rng) {
             Ok(code) => {
                 log::info!("{creator} generated a pairing code");
-                ApiResponse::ok(json!({"code": code, "expires_in": crate::pairing::CODE_TTL_SECS}))
+                ApiResponse::ok(json!({"code": code, "expires_in": crate::core::pairing::CODE_TTL_SECS}))
             }
             Err(e @ CodeError::Full) => ApiResponse::json(503, &json!({"error": e.to_string()})),
             Err(e @ CodeError::NoRandomness(_)) => {
@@ -873,7 +873,7 @@ mod tests {
 
     #[test]
     fn the_dashboard_loads_nothing_from_elsewhere_and_never_parses_server_text_as_markup() {
-        use crate::dashboard::{APP_JS, INDEX_HTML, STYLE_CSS};
+        use crate::core::dashboard::{APP_JS, INDEX_HTML, STYLE_CSS};
         // The SVG namespace name is an identifier for createElementNS, not
         // something the browser loads; it is the only URL allowed.
         let svg_ns = "\"http://www.w3.org/2000/svg\"";
@@ -920,7 +920,7 @@ mod tests {
         r.replace_keys(KeyStore::parse(r#"{"keys":{}}"#).unwrap());
         assert_eq!(
             r.hub.poll_output(),
-            Some(crate::hub::HubOutput::Close { conn: 7, code: 4003, reason: "not authorized" })
+            Some(crate::core::hub::HubOutput::Close { conn: 7, code: 4003, reason: "not authorized" })
         );
     }
 
@@ -948,14 +948,14 @@ mod tests {
         r.handle_http(&ApiRequest { device_token: Some(token), ..req("POST", "/api/token") }, t)
     }
 
-    fn outputs(r: &mut Registry) -> Vec<crate::hub::HubOutput> {
+    fn outputs(r: &mut Registry) -> Vec<crate::core::hub::HubOutput> {
         std::iter::from_fn(|| r.hub.poll_output()).collect()
     }
 
-    fn sent_to(outs: &[crate::hub::HubOutput], conn: crate::hub::ConnId) -> Vec<Value> {
+    fn sent_to(outs: &[crate::core::hub::HubOutput], conn: crate::core::hub::ConnId) -> Vec<Value> {
         outs.iter()
             .filter_map(|o| match o {
-                crate::hub::HubOutput::Send { conn: c, text } if *c == conn => {
+                crate::core::hub::HubOutput::Send { conn: c, text } if *c == conn => {
                     Some(serde_json::from_str(text).unwrap())
                 }
                 _ => None,
@@ -1007,7 +1007,7 @@ mod tests {
         let resp = r.handle_http(&admin("POST", &format!("/api/pairing/{id}/revoke")), t);
         assert_eq!((resp.status, body(&resp)), (200, json!({"status": "ok"})));
         let outs = outputs(&mut r);
-        assert!(outs.contains(&crate::hub::HubOutput::Close { conn: 2, code: 4003, reason: "not authorized" }));
+        assert!(outs.contains(&crate::core::hub::HubOutput::Close { conn: 2, code: 4003, reason: "not authorized" }));
         assert_eq!(
             sent_to(&outs, 1),
             [json!({"type": "peer_left", "peer_id": "registry", "payload": {"peer_id": peer}})]
@@ -1033,7 +1033,7 @@ mod tests {
         hub.handle_connect(2, &dev, &Authorization { keys, pairing }, t.mono);
         let resp = r.handle_http(&admin("POST", &format!("/api/pairing/{id}/reject")), t);
         assert_eq!((resp.status, body(&resp)), (200, json!({"status": "ok"})));
-        assert!(outputs(&mut r).contains(&crate::hub::HubOutput::Close {
+        assert!(outputs(&mut r).contains(&crate::core::hub::HubOutput::Close {
             conn: 2,
             code: 4003,
             reason: "not authorized"

@@ -2,8 +2,8 @@
 //! means, where it goes. Sans-IO: the shell feeds connections, frames and
 //! ticks in, and drains [`HubOutput`]s to move bytes.
 
-use crate::ratelimit::{Rate, TokenBucket};
-use crate::token::Identity;
+use crate::core::ratelimit::{Rate, TokenBucket};
+use crate::core::token::Identity;
 use chatixia_protocol::signaling::{
     Envelope, EnvelopeRef, ErrorPayload, MeshHealthPayload, MeshStatusPayload, PeerLeftPayload, PeerListPayload,
     PongPayload, close_codes, error_codes, types,

@@ -18,8 +18,8 @@
 //! longest-finished rejected or revoked entry is forgotten; if every entry is
 //! still pending or approved, redemption is refused before the code is spent.
 
-use crate::keys::sha256;
-use crate::tasks::epoch_seconds;
+use crate::core::keys::sha256;
+use crate::core::tasks::epoch_seconds;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
@@ -166,7 +166,7 @@ pub struct StoredEntry {
     pub device_token_sha256: String,
 }
 
-/// Everything the store holds, for persisting; see [`crate::persist`].
+/// Everything the store holds, for persisting; see [`crate::core::persist`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PairingSnapshot {
     pub codes: Vec<StoredCode>,
