@@ -3,10 +3,12 @@
 
 mod admin;
 
-use chatixia_registry::core::api::{ApiConfig, Now, Registry};
+use chatixia_registry::core::config::RegistryConfig;
 use chatixia_registry::core::hub::HubConfig;
-use chatixia_registry::core::persist::{self, PAIRING_FILE, TASKS_FILE};
+use chatixia_registry::core::now::Now;
+use chatixia_registry::core::persist::{PAIRING_FILE, TASKS_FILE};
 use chatixia_registry::core::ratelimit::Rate;
+use chatixia_registry::core::registry::{Registry, SavedState};
 use chatixia_registry::core::token::TokenIssuer;
 use chatixia_registry::shell::StateDir;
 use chatixia_registry::shell::{self, ShellConfig};
@@ -89,13 +91,13 @@ fn start(settings: &Settings) -> Result<(), String> {
         (Some(url), Some(secret)) => Some((url.to_owned(), secret.to_owned())),
         _ => None,
     };
-    let config = ApiConfig {
+    let config = RegistryConfig {
         hub: HubConfig { frame_rate: Rate::new(ws_rate, ws_rate * 2.0), ..HubConfig::default() },
         stun_urls: list(settings, "STUN_URLS"),
         turn,
         cors_origins: (!cors.iter().any(|o| o == "*")).then_some(cors),
         trusted_proxies,
-        ..ApiConfig::default()
+        ..RegistryConfig::default()
     };
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).map_err(|e| e.to_string())?;
@@ -118,28 +120,27 @@ fn start(settings: &Settings) -> Result<(), String> {
 }
 
 /// Reads back what earlier runs saved. A file that cannot be read or
-/// understood stops the start: starting empty would lose it at the next
-/// save, and guessing would be worse.
+/// understood stops the start, and is left as it is.
 fn load_state(state: &StateDir, registry: &mut Registry, now: Now) -> Result<(), String> {
-    let refuse = |file: &str, what: &str, e: String| {
+    let saved = SavedState { pairing: state.read(PAIRING_FILE)?, tasks: state.read(TASKS_FILE)? };
+    let restored = registry.restore(saved, now).map_err(|e| {
         format!(
-            "{}: {e}. Refusing to start; the file was left as it is. Repair it, or move it away to start \
-             without the {what} it holds",
-            state.file(file).display()
+            "{}: {}. Refusing to start; the file was left as it is. Repair it, or move it away to start \
+             without the {} it holds",
+            state.file(e.file).display(),
+            e.reason,
+            e.holds
         )
-    };
-    if let Some(bytes) = state.read(PAIRING_FILE)? {
-        let snapshot = persist::decode_pairing(&bytes).map_err(|e| refuse(PAIRING_FILE, "paired devices", e))?;
-        registry.restore_pairing(snapshot, now).map_err(|e| refuse(PAIRING_FILE, "paired devices", e))?;
-        log::info!("restored {} pairing entries from {}", registry.pairing.len(), state.file(PAIRING_FILE).display());
+    })?;
+    if let Some(entries) = restored.pairing_entries {
+        log::info!("restored {entries} pairing entries from {}", state.file(PAIRING_FILE).display());
     }
-    if let Some(bytes) = state.read(TASKS_FILE)? {
-        let tasks = persist::decode_tasks(&bytes).map_err(|e| refuse(TASKS_FILE, "tasks", e))?;
-        let dropped = registry.restore_tasks(tasks, now);
-        log::info!("restored {} tasks from {}", registry.tasks.len(), state.file(TASKS_FILE).display());
-        if dropped > 0 {
-            log::warn!("dropped the {dropped} newest unfinished tasks: more than the limit of open tasks");
-        }
+    if let Some(tasks) = restored.tasks {
+        log::info!("restored {tasks} tasks from {}", state.file(TASKS_FILE).display());
+    }
+    if restored.tasks_dropped > 0 {
+        let dropped = restored.tasks_dropped;
+        log::warn!("dropped the {dropped} newest unfinished tasks: more than the limit of open tasks");
     }
     Ok(())
 }

@@ -99,7 +99,7 @@ fn upgrade(
     guard: Rc<SocketGuard>,
 ) -> Response<Body> {
     let query = req.uri().query().unwrap_or("").to_owned();
-    let identity = match shared.registry.borrow_mut().authenticate_ws(&query, now()) {
+    let identity = match shared.registry.borrow_mut().handle_ws_upgrade(&query, now()) {
         Ok(id) => id,
         Err(resp) => return to_hyper(resp),
     };

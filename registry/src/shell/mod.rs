@@ -8,9 +8,10 @@ mod rewind;
 mod state_dir;
 mod ws;
 
-use crate::core::api::{Now, Registry};
-use crate::core::hub::{ConnId, HubOutput};
+use crate::core::hub::ConnId;
 use crate::core::keys::KeyStore;
+use crate::core::now::Now;
+use crate::core::registry::{Registry, RegistryOutput};
 use async_tungstenite::tungstenite::Message;
 use chatixia_settings::systemd::{Notifier, watchdog_interval};
 use smol::{Async, LocalExecutor, Timer};
@@ -70,32 +71,31 @@ struct Shared {
 }
 
 impl Shared {
-    /// Moves every output of the hub to the sockets. A connection whose
-    /// queue is full is closed: the relay never waits for one slow peer.
+    /// Moves every output of the registry to the sockets. A connection
+    /// whose queue is full is reported: the relay never waits for one slow
+    /// peer, and the registry closes it.
     fn dispatch(&self) {
         let mut registry = self.registry.borrow_mut();
         let conns = self.conns.borrow();
-        while let Some(out) = registry.hub.poll_output() {
+        while let Some(out) = registry.poll_output() {
             match out {
-                HubOutput::Send { conn, text } => {
+                RegistryOutput::Send { conn, text } => {
                     let Some(h) = conns.get(&conn) else { continue };
                     if h.tx.is_closed() {
                         continue;
                     }
                     if h.tx.len() >= self.config.ws_send_queue {
-                        log::warn!("connection {conn} is not reading; closing it");
-                        registry.hub.record_drop("slow_consumer");
-                        h.close(1008, "too slow");
+                        registry.handle_slow_consumer(conn);
                     } else {
                         let _ = h.tx.try_send(Message::text(text));
                     }
                 }
-                HubOutput::Ping { conn } => {
+                RegistryOutput::Ping { conn } => {
                     if let Some(h) = conns.get(&conn).filter(|h| h.tx.len() < self.config.ws_send_queue) {
                         let _ = h.tx.try_send(Message::Ping(Default::default()));
                     }
                 }
-                HubOutput::Close { conn, code, reason } => {
+                RegistryOutput::Close { conn, code, reason } => {
                     if let Some(h) = conns.get(&conn) {
                         h.close(code, reason);
                     }
@@ -204,10 +204,10 @@ async fn tick_loop(shared: Rc<Shared>, mut notifier: Notifier) {
     let every = watchdog_interval().map_or(TICK, |w| w.min(TICK));
     loop {
         Timer::after(every).await;
-        shared.registry.borrow_mut().hub.handle_tick(Instant::now());
+        shared.registry.borrow_mut().handle_tick(now());
         shared.dispatch();
         notifier.watchdog();
-        let connections = shared.registry.borrow().hub.connection_count();
+        let connections = shared.registry.borrow().connection_count();
         notifier.status(format!("{connections} signaling connections"));
     }
 }
@@ -231,7 +231,7 @@ fn reload_keys(shared: &Shared) {
     match load_keys(&shared.config.keys_file, shared.config.dev) {
         Ok(keys) => {
             let count = keys.len();
-            shared.registry.borrow_mut().replace_keys(keys);
+            shared.registry.borrow_mut().handle_keys_reloaded(keys);
             shared.dispatch();
             log::info!("reloaded {count} API keys from {}", shared.config.keys_file.display());
         }

@@ -12,8 +12,8 @@
 //!   one fsync each.
 
 use super::state_dir::StateDir;
-use crate::core::api::Registry;
 use crate::core::persist::{PAIRING_FILE, Revisions, TASKS_FILE};
+use crate::core::registry::Registry;
 use smol::lock::Mutex;
 use std::cell::RefCell;
 
@@ -69,10 +69,11 @@ impl Persister {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::api::{ApiConfig, Now};
+    use crate::core::api::ApiRequest;
+    use crate::core::config::RegistryConfig;
     use crate::core::keys::KeyStore;
+    use crate::core::now::Now;
     use crate::core::persist::{TASKS_FILE, decode_tasks};
-    use crate::core::tasks::TaskSubmission;
     use crate::core::token::TokenIssuer;
     use std::time::{Instant, SystemTime};
 
@@ -83,11 +84,13 @@ mod tests {
             b.fill(7);
             Ok(())
         });
-        RefCell::new(Registry::new(ApiConfig::default(), KeyStore::default(), tokens, 1, rng, now))
+        RefCell::new(Registry::new(RegistryConfig::default(), KeyStore::default(), tokens, 1, rng, now))
     }
 
     fn submit(r: &RefCell<Registry>) {
-        r.borrow_mut().tasks.submit(TaskSubmission::default(), SystemTime::now()).unwrap();
+        let now = Now { mono: Instant::now(), wall: SystemTime::now() };
+        let submission = ApiRequest { method: "POST", path: "/api/hub/tasks", body: b"{}", ..Default::default() };
+        assert_eq!(r.borrow_mut().handle_http(&submission, now).status, 200);
     }
 
     #[test]
