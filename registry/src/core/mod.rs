@@ -9,7 +9,6 @@
 pub mod agents;
 pub mod api;
 pub mod config;
-pub mod dashboard;
 pub mod hub;
 pub mod ice;
 pub mod keys;

@@ -3,7 +3,9 @@
 //! of [`Registry::poll_output`]. The parts inside (hub, pairing, tasks,
 //! agents, keys, tokens, limits) stay private to the core.
 
-use crate::core::api::{self, ApiRequest, ApiResponse};
+use crate::core::api::request::ApiRequest;
+use crate::core::api::response::ApiResponse;
+use crate::core::api::{self, auth};
 use crate::core::config::RegistryConfig;
 use crate::core::hub::{ConnId, HubOutput};
 use crate::core::keys::KeyStore;
@@ -88,7 +90,7 @@ impl Registry {
     /// The query string of a WebSocket upgrade: who the socket speaks for,
     /// or the answer that refuses it.
     pub fn handle_ws_upgrade(&mut self, query: &str, now: Now) -> Result<Identity, ApiResponse> {
-        api::authenticate_ws(&mut self.state, query, now)
+        auth::authenticate_ws(&mut self.state, query, now)
     }
 
     /// The upgrade went through: `conn` is open for `identity`.

@@ -1,7 +1,8 @@
 //! One HTTP/1.1 connection served by hyper; `/ws` hands over to [`super::ws`].
 
 use super::{Shared, SocketGuard, now, rewind::Rewind, ws};
-use crate::core::api::{ApiRequest, ApiResponse, MAX_BODY_BYTES};
+use crate::core::api::request::{ApiRequest, MAX_BODY_BYTES};
+use crate::core::api::response::ApiResponse;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};

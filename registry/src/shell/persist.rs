@@ -69,7 +69,7 @@ impl Persister {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::api::ApiRequest;
+    use crate::core::api::request::ApiRequest;
     use crate::core::config::RegistryConfig;
     use crate::core::keys::KeyStore;
     use crate::core::now::Now;
