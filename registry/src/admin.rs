@@ -6,6 +6,7 @@
 //! Exit status: 0 done, 1 the registry refused or could not be reached,
 //! 2 bad usage.
 
+use chatixia_settings::text::printable;
 use chatixia_settings::{ParseError, Setting, Settings};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -245,11 +246,6 @@ fn utc(v: &Value) -> String {
         ),
         Err(_) => "?".into(),
     }
-}
-
-/// Text from the network goes to a terminal: no escape sequences.
-fn printable(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 pub mod agents;
 pub mod api;
 pub mod config;
+pub mod digest;
 pub mod hub;
 pub mod ice;
 pub mod keys;

@@ -3,6 +3,7 @@
 //! renamed over the target, and the directory fsynced, so a `kill -9` at any
 //! moment leaves either the old or the new content, never a torn file.
 
+use crate::core::digest::{from_hex, to_hex};
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -60,21 +61,13 @@ impl StateDir {
                 log::warn!("{} is readable by others (mode {mode:o}); it should be 0600", path.display());
             }
             let text = String::from_utf8(bytes).map_err(|_| format!("{} is not text", path.display()))?;
-            let hex = text.trim();
-            let mut secret = [0u8; 32];
-            use ct_codecs::Decoder as _;
-            let decoded = ct_codecs::Hex::decode(&mut secret, hex, None)
-                .map_err(|_| format!("{} must hold 64 hex digits; refusing to replace it", path.display()))?;
-            if decoded.len() != 32 {
-                return Err(format!("{} must hold 64 hex digits; refusing to replace it", path.display()));
-            }
+            let secret = from_hex(text.trim())
+                .ok_or_else(|| format!("{} must hold 64 hex digits; refusing to replace it", path.display()))?;
             return Ok(secret.to_vec());
         }
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| format!("no randomness for the secret: {e}"))?;
-        use ct_codecs::Encoder as _;
-        let hex = ct_codecs::Hex::encode_to_string(secret).map_err(|e| e.to_string())?;
-        self.write_atomic(SECRET_FILE, format!("{hex}\n").as_bytes())?;
+        self.write_atomic(SECRET_FILE, format!("{}\n", to_hex(&secret)).as_bytes())?;
         log::info!("generated a new signing secret in {}", path.display());
         Ok(secret.to_vec())
     }
