@@ -1,5 +1,6 @@
 //! `chatixia-registry admin …`: pairing administration of a running
-//! registry over its HTTP API (SPEC §2.4, §4.3), for operators at a shell.
+//! registry over its HTTP API (docs/PROTOCOL.md, Admin authentication and
+//! Pairing), for operators at a shell.
 //! Part of the binary only; it shares nothing with the server but the wire
 //! format.
 //!

@@ -1,4 +1,5 @@
-//! The signaling hub (SPEC §4.1–4.2): who is connected, what each frame
+//! The signaling hub (docs/PROTOCOL.md, Signaling WebSocket): who is
+//! connected, what each frame
 //! means, where it goes. Sans-IO: the shell feeds connections, frames and
 //! ticks in, and drains [`HubOutput`]s to move bytes.
 

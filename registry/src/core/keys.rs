@@ -1,4 +1,4 @@
-//! The API keys file (SPEC §2.1).
+//! The API keys file (docs/PROTOCOL.md, API keys file).
 //!
 //! Keys are held only as SHA-256 digests: a plain key in the file is hashed
 //! on load, a `sha256:<hex>` entry is taken as its digest. Lookup hashes the

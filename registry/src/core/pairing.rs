@@ -1,4 +1,5 @@
-//! Pairing (SPEC §4.3): invite codes, onboarding entries and device tokens.
+//! Pairing (docs/PROTOCOL.md, Pairing): invite codes, onboarding entries and
+//! device tokens.
 //!
 //! Sans-IO like the rest of the core: every call that depends on time takes
 //! `now`, and every call that needs randomness takes a [`Random`] source (the

@@ -1,4 +1,5 @@
-//! Token buckets, alone and keyed by client (SPEC §2.2, §4.2, §4.3).
+//! Token buckets, alone and keyed by client: the limits on tokens, pairing
+//! and signaling frames (docs/PROTOCOL.md, Limits and timeouts).
 
 use std::collections::HashMap;
 use std::hash::Hash;

@@ -1,11 +1,12 @@
-//! The mesh topology answered by `GET /api/hub/network/topology` (SPEC §3):
+//! The mesh topology answered by `GET /api/hub/network/topology`
+//! (docs/PROTOCOL.md, Topology):
 //! `{"nodes": [...], "mesh_edges": [{"from_peer", "to_peer"}]}`.
 //!
 //! # Edges
 //!
 //! The original drew every active agent's sidecar linked to every other one,
 //! whatever links really existed. Ours draws what sidecars report in
-//! `mesh_status` (their open DataChannels, SPEC §4.2):
+//! `mesh_status` (their open DataChannels):
 //!
 //! - A reported link is one edge per unordered pair of peer ids, with
 //!   `from_peer < to_peer`, whichever side or sides reported it. A peer

@@ -1,4 +1,5 @@
-//! Saving the registry's state before answering (SPEC §4.4).
+//! Saving the registry's state before answering, so that an acknowledged
+//! change survives a crash.
 //!
 //! The files are written on smol's blocking pool: an fsync can take tens of
 //! milliseconds on an SD card, and the event loop must keep relaying

@@ -19,8 +19,8 @@ use std::time::Duration;
 /// thread while others wait.
 const BURST: usize = 32;
 
-/// Longer outgoing messages go out fragmented (RFC 6455 §5.4) into frames
-/// of this many bytes. tungstenite's write buffer keeps the capacity of the
+/// Longer outgoing messages go out fragmented (a text frame, then
+/// continuation frames) into frames of this many bytes. tungstenite's write buffer keeps the capacity of the
 /// largest frame it ever wrote, for the life of the connection; a
 /// `peer_list` of 1,000 peers is 13 KB, and sidecars re-register.
 const MAX_OUT_FRAME: usize = 4096;
