@@ -634,6 +634,72 @@ mod tests {
     }
 
     #[test]
+    fn websocket_events_reach_the_hub_and_its_answers_come_out() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let alpha = r.handle_ws_upgrade(&format!("token={}", issuer().mint("alpha", "agent", t.unix_secs())), t);
+        let alpha = alpha.unwrap();
+        let ops = Identity { peer_id: "ops".into(), role: "admin".into() };
+        r.handle_ws_open(1, &alpha, t);
+        r.handle_ws_open(2, &ops, t);
+        assert_eq!(r.connection_count(), 2);
+
+        r.handle_ws_binary(1, t);
+        assert_eq!(sent_to(&outputs(&mut r), 1)[0]["payload"]["code"], "invalid_frame");
+
+        let later = Now { mono: t.mono + Duration::from_secs(31), ..t };
+        r.handle_ws_activity(2, later);
+        r.handle_tick(later);
+        let mut pings = outputs(&mut r);
+        pings.sort_by_key(|o| format!("{o:?}"));
+        assert_eq!(pings, [RegistryOutput::Ping { conn: 1 }, RegistryOutput::Ping { conn: 2 }]);
+
+        r.handle_ws_text(1, &json!({"type": "ping", "peer_id": "alpha"}).to_string(), t);
+        r.handle_slow_consumer(1);
+        let outs = outputs(&mut r);
+        assert_eq!(outs[0], RegistryOutput::Close { conn: 1, code: 1008, reason: "too slow" });
+        assert_eq!(metric(&mut r, "chatixia_dropped_frames_total{reason=\"slow_consumer\"}"), 1);
+
+        r.handle_ws_closed(1);
+        assert_eq!(
+            sent_to(&outputs(&mut r), 2),
+            [json!({"type": "peer_left", "peer_id": "registry", "payload": {"peer_id": "alpha"}})]
+        );
+        assert_eq!(r.connection_count(), 1);
+    }
+
+    #[test]
+    fn what_was_saved_comes_back_and_a_damaged_file_is_named() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let paired = pair_device(&mut r, "pi", t);
+        r.handle_http(&post_json("/api/hub/tasks", r#"{"skill":"s"}"#), t);
+        let files = r.changed_since(Revisions::default());
+        let bytes = |name| files.iter().find(|d| d.file() == name).map(Dirty::encode);
+        let saved = SavedState { pairing: bytes(PAIRING_FILE), tasks: bytes(TASKS_FILE) };
+
+        let mut back = registry(RegistryConfig::default());
+        let restored = back.restore(saved, t).unwrap();
+        assert_eq!(restored, Restored { pairing_entries: Some(1), tasks: Some(1), tasks_dropped: 0 });
+        let tok = device_token_exchange(&mut back, paired["device_token"].as_str().unwrap(), t);
+        assert_eq!((tok.status, body(&tok)["role"].as_str()), (200, Some("pending")));
+        let tasks = back.handle_http(&req("GET", "/api/hub/tasks/all"), t);
+        assert_eq!(body(&tasks)[0]["skill"], "s");
+
+        let nothing = registry(RegistryConfig::default()).restore(SavedState::default(), t);
+        assert_eq!(nothing, Ok(Restored::default()));
+        let damaged = [
+            (SavedState { pairing: Some(b"{".to_vec()), ..SavedState::default() }, PAIRING_FILE, "paired devices"),
+            (SavedState { tasks: Some(b"{".to_vec()), ..SavedState::default() }, TASKS_FILE, "tasks"),
+        ];
+        for (saved, file, holds) in damaged {
+            let e = registry(RegistryConfig::default()).restore(saved, t).unwrap_err();
+            assert_eq!((e.file, e.holds), (file, holds));
+            assert!(e.reason.contains("not a valid state document"), "{}", e.reason);
+        }
+    }
+
+    #[test]
     fn revisions_report_which_files_changed() {
         let mut r = registry(RegistryConfig::default());
         let t = now();

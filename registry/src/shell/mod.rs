@@ -126,9 +126,11 @@ fn os_random(buf: &mut [u8]) -> Result<(), String> {
 
 /// Starts the registry: its state directory, signing secret and keys, then
 /// what earlier runs saved; then serves until SIGTERM or SIGINT.
-pub fn run(config: RegistryConfig, shell: ShellConfig) -> Result<(), String> {
+pub fn run(config: RegistryConfig, mut shell: ShellConfig) -> Result<(), String> {
     let state = StateDir::open(&shell.state_dir)?;
-    let secret = match &shell.signaling_secret {
+    // Taken out, so the clear secret does not stay in the config for the
+    // life of the process.
+    let secret = match shell.signaling_secret.take() {
         Some(s) => s.as_bytes().to_vec(),
         None => state.load_or_create_secret()?,
     };
