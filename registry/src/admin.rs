@@ -1,11 +1,13 @@
 //! `chatixia-registry admin …`: pairing administration of a running
-//! registry over its HTTP API (SPEC §2.4, §4.3), for operators at a shell.
+//! registry over its HTTP API (docs/PROTOCOL.md, Admin authentication and
+//! Pairing), for operators at a shell.
 //! Part of the binary only; it shares nothing with the server but the wire
 //! format.
 //!
 //! Exit status: 0 done, 1 the registry refused or could not be reached,
 //! 2 bad usage.
 
+use chatixia_settings::text::printable;
 use chatixia_settings::{ParseError, Setting, Settings};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -245,11 +247,6 @@ fn utc(v: &Value) -> String {
         ),
         Err(_) => "?".into(),
     }
-}
-
-/// Text from the network goes to a terminal: no escape sequences.
-fn printable(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 #[cfg(test)]

@@ -1,17 +1,17 @@
-//! `chatixia-registry`: settings, logging and state, then the smol shell;
-//! or, as `chatixia-registry admin …`, a client of a running registry.
+//! `chatixia-registry`: settings and logging, then the smol shell; or, as
+//! `chatixia-registry admin …`, a client of a running registry.
+
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod admin;
 
-use chatixia_registry::api::{ApiConfig, Now, Registry};
-use chatixia_registry::hub::HubConfig;
-use chatixia_registry::persist::{self, PAIRING_FILE, TASKS_FILE};
-use chatixia_registry::ratelimit::Rate;
+use chatixia_registry::core::config::RegistryConfig;
+use chatixia_registry::core::hub::HubConfig;
+use chatixia_registry::core::ratelimit::Rate;
 use chatixia_registry::shell::{self, ShellConfig};
-use chatixia_registry::state::StateDir;
-use chatixia_registry::token::TokenIssuer;
 use chatixia_settings::{Setting, Settings};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 const SETTINGS: &[Setting] = &[
@@ -63,22 +63,6 @@ fn list(settings: &Settings, name: &str) -> Vec<String> {
 fn start(settings: &Settings) -> Result<(), String> {
     let port: u16 = settings.parse("PORT")?.unwrap_or(8080);
     let bind: IpAddr = settings.parse("BIND")?.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let state_dir = settings
-        .get("STATE_DIR")
-        .map(str::to_owned)
-        .or_else(|| std::env::var("STATE_DIRECTORY").ok())
-        .unwrap_or_else(|| "chatixia-state".into());
-    let state = StateDir::open(&state_dir)?;
-    let secret = match settings.get("SIGNALING_SECRET") {
-        Some(s) => s.as_bytes().to_vec(),
-        None => state.load_or_create_secret()?,
-    };
-    let tokens = TokenIssuer::new(&secret)?;
-    let dev = settings.is_on("CHATIXIA_DEV");
-    let keys_file = std::path::PathBuf::from(settings.get("API_KEYS_FILE").unwrap_or("api_keys.json"));
-    let keys = shell::load_keys(&keys_file, dev)?;
-    log::info!("loaded {} API keys from {}", keys.len(), keys_file.display());
-
     let cors = list(settings, "CORS_ORIGINS");
     let trusted_proxies = list(settings, "TRUSTED_PROXIES")
         .iter()
@@ -89,57 +73,25 @@ fn start(settings: &Settings) -> Result<(), String> {
         (Some(url), Some(secret)) => Some((url.to_owned(), secret.to_owned())),
         _ => None,
     };
-    let config = ApiConfig {
+    let config = RegistryConfig {
         hub: HubConfig { frame_rate: Rate::new(ws_rate, ws_rate * 2.0), ..HubConfig::default() },
         stun_urls: list(settings, "STUN_URLS"),
         turn,
         cors_origins: (!cors.iter().any(|o| o == "*")).then_some(cors),
         trusted_proxies,
-        ..ApiConfig::default()
+        ..RegistryConfig::default()
     };
-    let mut seed = [0u8; 8];
-    getrandom::fill(&mut seed).map_err(|e| e.to_string())?;
-    let rng = Box::new(|buf: &mut [u8]| getrandom::fill(buf).map_err(|e| e.to_string()));
-    let now = shell::now();
-    let mut registry = Registry::new(config, keys, tokens, u64::from_le_bytes(seed), rng, now);
-    load_state(&state, &mut registry, now)?;
     shell::run(
-        registry,
+        config,
         ShellConfig {
             bind: SocketAddr::new(bind, port),
-            keys_file,
-            dev,
+            keys_file: PathBuf::from(settings.get("API_KEYS_FILE").unwrap_or("api_keys.json")),
+            dev: settings.is_on("CHATIXIA_DEV"),
             max_connections: settings.parse("MAX_CONNECTIONS")?.unwrap_or(4096),
             ws_send_queue: settings.parse::<usize>("WS_SEND_QUEUE")?.unwrap_or(256).max(1),
             ws_hard_cap: 2 * 1024 * 1024,
-            state_dir: state,
+            state_dir: chatixia_settings::systemd::state_dir(settings.get("STATE_DIR")),
+            signaling_secret: settings.get("SIGNALING_SECRET").map(str::to_owned),
         },
     )
-}
-
-/// Reads back what earlier runs saved. A file that cannot be read or
-/// understood stops the start: starting empty would lose it at the next
-/// save, and guessing would be worse.
-fn load_state(state: &StateDir, registry: &mut Registry, now: Now) -> Result<(), String> {
-    let refuse = |file: &str, what: &str, e: String| {
-        format!(
-            "{}: {e}. Refusing to start; the file was left as it is. Repair it, or move it away to start \
-             without the {what} it holds",
-            state.file(file).display()
-        )
-    };
-    if let Some(bytes) = state.read(PAIRING_FILE)? {
-        let snapshot = persist::decode_pairing(&bytes).map_err(|e| refuse(PAIRING_FILE, "paired devices", e))?;
-        registry.restore_pairing(snapshot, now).map_err(|e| refuse(PAIRING_FILE, "paired devices", e))?;
-        log::info!("restored {} pairing entries from {}", registry.pairing.len(), state.file(PAIRING_FILE).display());
-    }
-    if let Some(bytes) = state.read(TASKS_FILE)? {
-        let tasks = persist::decode_tasks(&bytes).map_err(|e| refuse(TASKS_FILE, "tasks", e))?;
-        let dropped = registry.restore_tasks(tasks, now);
-        log::info!("restored {} tasks from {}", registry.tasks.len(), state.file(TASKS_FILE).display());
-        if dropped > 0 {
-            log::warn!("dropped the {dropped} newest unfinished tasks: more than the limit of open tasks");
-        }
-    }
-    Ok(())
 }

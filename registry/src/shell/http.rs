@@ -1,7 +1,8 @@
 //! One HTTP/1.1 connection served by hyper; `/ws` hands over to [`super::ws`].
 
 use super::{Shared, SocketGuard, now, rewind::Rewind, ws};
-use crate::api::{ApiRequest, ApiResponse, MAX_BODY_BYTES};
+use crate::core::api::request::{ApiRequest, MAX_BODY_BYTES};
+use crate::core::api::response::ApiResponse;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -99,7 +100,7 @@ fn upgrade(
     guard: Rc<SocketGuard>,
 ) -> Response<Body> {
     let query = req.uri().query().unwrap_or("").to_owned();
-    let identity = match shared.registry.borrow_mut().authenticate_ws(&query, now()) {
+    let identity = match shared.registry.borrow_mut().handle_ws_upgrade(&query, now()) {
         Ok(id) => id,
         Err(resp) => return to_hyper(resp),
     };

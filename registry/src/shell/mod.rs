@@ -2,18 +2,25 @@
 //! Everything runs on one thread (plus async-io's reactor), so the core is
 //! shared as `Rc<RefCell<_>>` and never borrowed across an `.await`.
 
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
 mod http;
+mod keys_file;
 mod persist;
 mod rewind;
+mod state_dir;
 mod ws;
 
-use crate::api::{Now, Registry};
-use crate::hub::{ConnId, HubOutput};
-use crate::keys::KeyStore;
-use crate::state::StateDir;
+use crate::core::config::RegistryConfig;
+use crate::core::hub::ConnId;
+use crate::core::now::Now;
+use crate::core::registry::{Registry, RegistryOutput};
+use crate::core::token::TokenIssuer;
 use async_tungstenite::tungstenite::Message;
 use chatixia_settings::systemd::{Notifier, watchdog_interval};
+use keys_file::load_keys;
 use smol::{Async, LocalExecutor, Timer};
+use state_dir::StateDir;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -32,8 +39,12 @@ pub struct ShellConfig {
     pub ws_send_queue: usize,
     /// Frames above this are not even buffered: the socket is closed (1009).
     pub ws_hard_cap: usize,
-    /// Where changes are saved before they are acknowledged.
-    pub state_dir: StateDir,
+    /// Where changes are saved before they are acknowledged, and the
+    /// generated signing secret kept.
+    pub state_dir: PathBuf,
+    /// The HS256 secret when the operator gives one; otherwise it is
+    /// generated into the state directory.
+    pub signaling_secret: Option<String>,
 }
 
 /// A WebSocket's outgoing side, as the dispatcher sees it.
@@ -69,32 +80,31 @@ struct Shared {
 }
 
 impl Shared {
-    /// Moves every output of the hub to the sockets. A connection whose
-    /// queue is full is closed: the relay never waits for one slow peer.
+    /// Moves every output of the registry to the sockets. A connection
+    /// whose queue is full is reported: the relay never waits for one slow
+    /// peer, and the registry closes it.
     fn dispatch(&self) {
         let mut registry = self.registry.borrow_mut();
         let conns = self.conns.borrow();
-        while let Some(out) = registry.hub.poll_output() {
+        while let Some(out) = registry.poll_output() {
             match out {
-                HubOutput::Send { conn, text } => {
+                RegistryOutput::Send { conn, text } => {
                     let Some(h) = conns.get(&conn) else { continue };
                     if h.tx.is_closed() {
                         continue;
                     }
                     if h.tx.len() >= self.config.ws_send_queue {
-                        log::warn!("connection {conn} is not reading; closing it");
-                        registry.hub.record_drop("slow_consumer");
-                        h.close(1008, "too slow");
+                        registry.handle_slow_consumer(conn);
                     } else {
                         let _ = h.tx.try_send(Message::text(text));
                     }
                 }
-                HubOutput::Ping { conn } => {
+                RegistryOutput::Ping { conn } => {
                     if let Some(h) = conns.get(&conn).filter(|h| h.tx.len() < self.config.ws_send_queue) {
                         let _ = h.tx.try_send(Message::Ping(Default::default()));
                     }
                 }
-                HubOutput::Close { conn, code, reason } => {
+                RegistryOutput::Close { conn, code, reason } => {
                     if let Some(h) = conns.get(&conn) {
                         h.close(code, reason);
                     }
@@ -104,37 +114,43 @@ impl Shared {
     }
 }
 
-pub fn now() -> Now {
+/// Both clocks, read once for the event at hand.
+fn now() -> Now {
     Now { mono: Instant::now(), wall: SystemTime::now() }
 }
 
-/// Loads the keys file: `Ok(None)` when it does not exist.
-pub fn load_keys(path: &std::path::Path, dev: bool) -> Result<KeyStore, String> {
-    let mut keys = match std::fs::read_to_string(path) {
-        Ok(text) => KeyStore::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            log::warn!(
-                "no API keys file at {}; no static keys are loaded. Create it as \
-                 {{\"keys\": {{\"<key>\": {{\"peer_id\": \"<id>\", \"role\": \"agent\"}}}}}} and send SIGHUP",
-                path.display()
-            );
-            KeyStore::default()
-        }
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    if dev {
-        log::warn!("--dev: accepting the well-known development key for agent-001");
-        keys.merge(KeyStore::dev());
-    }
-    Ok(keys)
+/// The operating system's CSPRNG.
+fn os_random(buf: &mut [u8]) -> Result<(), String> {
+    getrandom::fill(buf).map_err(|e| e.to_string())
 }
 
-pub fn run(registry: Registry, config: ShellConfig) -> Result<(), String> {
+/// Starts the registry: its state directory, signing secret and keys, then
+/// what earlier runs saved; then serves until SIGTERM or SIGINT.
+pub fn run(config: RegistryConfig, mut shell: ShellConfig) -> Result<(), String> {
+    let state = StateDir::open(&shell.state_dir)?;
+    // Taken out, so the clear secret does not stay in the config for the
+    // life of the process.
+    let secret = match shell.signaling_secret.take() {
+        Some(s) => s.as_bytes().to_vec(),
+        None => state.load_or_create_secret()?,
+    };
+    let tokens = TokenIssuer::new(&secret)?;
+    let keys = load_keys(&shell.keys_file, shell.dev)?;
+    log::info!("loaded {} API keys from {}", keys.len(), shell.keys_file.display());
+    let mut seed = [0u8; 8];
+    os_random(&mut seed)?;
+    let now = now();
+    let mut registry = Registry::new(config, keys, tokens, u64::from_le_bytes(seed), Box::new(os_random), now);
+    state_dir::restore(&state, &mut registry, now)?;
+    serve(registry, state, shell)
+}
+
+fn serve(registry: Registry, state: StateDir, config: ShellConfig) -> Result<(), String> {
     let listener = TcpListener::bind(config.bind).map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
     let listener = Async::new(listener).map_err(|e| e.to_string())?;
     let local = listener.get_ref().local_addr().map_err(|e| e.to_string())?;
     let shared = Rc::new(Shared {
-        persister: persist::Persister::new(config.state_dir.clone(), registry.revisions()),
+        persister: persist::Persister::new(state, registry.revisions()),
         registry: RefCell::new(registry),
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(1),
@@ -203,10 +219,10 @@ async fn tick_loop(shared: Rc<Shared>, mut notifier: Notifier) {
     let every = watchdog_interval().map_or(TICK, |w| w.min(TICK));
     loop {
         Timer::after(every).await;
-        shared.registry.borrow_mut().hub.handle_tick(Instant::now());
+        shared.registry.borrow_mut().handle_tick(now());
         shared.dispatch();
         notifier.watchdog();
-        let connections = shared.registry.borrow().hub.connection_count();
+        let connections = shared.registry.borrow().connection_count();
         notifier.status(format!("{connections} signaling connections"));
     }
 }
@@ -230,7 +246,7 @@ fn reload_keys(shared: &Shared) {
     match load_keys(&shared.config.keys_file, shared.config.dev) {
         Ok(keys) => {
             let count = keys.len();
-            shared.registry.borrow_mut().replace_keys(keys);
+            shared.registry.borrow_mut().handle_keys_reloaded(keys);
             shared.dispatch();
             log::info!("reloaded {count} API keys from {}", shared.config.keys_file.display());
         }

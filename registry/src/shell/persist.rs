@@ -1,4 +1,5 @@
-//! Saving the registry's state before answering (SPEC §4.4).
+//! Saving the registry's state before answering, so that an acknowledged
+//! change survives a crash.
 //!
 //! The files are written on smol's blocking pool: an fsync can take tens of
 //! milliseconds on an SD card, and the event loop must keep relaying
@@ -11,9 +12,9 @@
 //!   many requests thus share one write (group commit) instead of queueing
 //!   one fsync each.
 
-use crate::api::Registry;
-use crate::persist::{PAIRING_FILE, Revisions, TASKS_FILE};
-use crate::state::StateDir;
+use super::state_dir::StateDir;
+use crate::core::persist::{PAIRING_FILE, Revisions, TASKS_FILE};
+use crate::core::registry::Registry;
 use smol::lock::Mutex;
 use std::cell::RefCell;
 
@@ -69,11 +70,12 @@ impl Persister {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ApiConfig, Now};
-    use crate::keys::KeyStore;
-    use crate::persist::{TASKS_FILE, decode_tasks};
-    use crate::tasks::TaskSubmission;
-    use crate::token::TokenIssuer;
+    use crate::core::api::request::ApiRequest;
+    use crate::core::config::RegistryConfig;
+    use crate::core::keys::KeyStore;
+    use crate::core::now::Now;
+    use crate::core::persist::{TASKS_FILE, decode_tasks};
+    use crate::core::token::TokenIssuer;
     use std::time::{Instant, SystemTime};
 
     fn registry() -> RefCell<Registry> {
@@ -83,11 +85,13 @@ mod tests {
             b.fill(7);
             Ok(())
         });
-        RefCell::new(Registry::new(ApiConfig::default(), KeyStore::default(), tokens, 1, rng, now))
+        RefCell::new(Registry::new(RegistryConfig::default(), KeyStore::default(), tokens, 1, rng, now))
     }
 
     fn submit(r: &RefCell<Registry>) {
-        r.borrow_mut().tasks.submit(TaskSubmission::default(), SystemTime::now()).unwrap();
+        let now = Now { mono: Instant::now(), wall: SystemTime::now() };
+        let submission = ApiRequest { method: "POST", path: "/api/hub/tasks", body: b"{}", ..Default::default() };
+        assert_eq!(r.borrow_mut().handle_http(&submission, now).status, 200);
     }
 
     #[test]
@@ -105,7 +109,7 @@ mod tests {
             p.save(&r).await.unwrap();
             let tasks = decode_tasks(&state.read(TASKS_FILE).unwrap().unwrap()).unwrap();
             assert_eq!(tasks.len(), 1);
-            assert!(state.read(crate::persist::PAIRING_FILE).unwrap().is_none(), "pairing did not change");
+            assert!(state.read(crate::core::persist::PAIRING_FILE).unwrap().is_none(), "pairing did not change");
 
             // Covered by the last write: no second write.
             std::fs::remove_file(state.file(TASKS_FILE)).unwrap();

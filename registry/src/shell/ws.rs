@@ -1,8 +1,8 @@
-//! One signaling WebSocket: frames in go to the hub, the hub's frames for
+//! One signaling WebSocket: frames in go to the registry, its frames for
 //! this connection come out of a bounded queue.
 
 use super::{ConnHandle, Shared, SocketGuard, now};
-use crate::token::Identity;
+use crate::core::token::Identity;
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::frame::Frame;
 use async_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
@@ -19,8 +19,8 @@ use std::time::Duration;
 /// thread while others wait.
 const BURST: usize = 32;
 
-/// Longer outgoing messages go out fragmented (RFC 6455 §5.4) into frames
-/// of this many bytes. tungstenite's write buffer keeps the capacity of the
+/// Longer outgoing messages go out fragmented (a text frame, then
+/// continuation frames) into frames of this many bytes. tungstenite's write buffer keeps the capacity of the
 /// largest frame it ever wrote, for the life of the connection; a
 /// `peer_list` of 1,000 peers is 13 KB, and sidecars re-register.
 const MAX_OUT_FRAME: usize = 4096;
@@ -49,11 +49,7 @@ where
     let (stop, stopped) = async_channel::bounded(1);
     let close = Rc::new(Cell::new(None));
     shared.conns.borrow_mut().insert(conn, ConnHandle { tx, close: close.clone(), stop });
-    {
-        let mut registry = shared.registry.borrow_mut();
-        let (hub, authz) = registry.hub_with_authz();
-        hub.handle_connect(conn, &identity, &authz, now().mono);
-    }
+    shared.registry.borrow_mut().handle_ws_open(conn, &identity, now());
     shared.dispatch();
     log::info!("peer {} connected from {peer} (connection {conn})", identity.peer_id);
 
@@ -63,14 +59,10 @@ where
         while let Some(msg) = source.next().await {
             let t = now();
             match msg {
-                Ok(Message::Text(text)) => {
-                    let mut registry = shared.registry.borrow_mut();
-                    let (hub, authz) = registry.hub_with_authz();
-                    hub.handle_frame(conn, text.as_str(), &authz, t.mono, t.unix_ms());
-                }
-                Ok(Message::Binary(_)) => shared.registry.borrow_mut().hub.handle_binary(conn, t.mono),
+                Ok(Message::Text(text)) => shared.registry.borrow_mut().handle_ws_text(conn, text.as_str(), t),
+                Ok(Message::Binary(_)) => shared.registry.borrow_mut().handle_ws_binary(conn, t),
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {
-                    shared.registry.borrow_mut().hub.handle_activity(conn, t.mono)
+                    shared.registry.borrow_mut().handle_ws_activity(conn, t)
                 }
                 Ok(Message::Close(_)) => return None,
                 Err(WsError::Capacity(e)) => {
@@ -129,11 +121,7 @@ where
     .await;
 
     shared.conns.borrow_mut().remove(&conn);
-    {
-        let mut registry = shared.registry.borrow_mut();
-        let (hub, authz) = registry.hub_with_authz();
-        hub.handle_disconnect(conn, &authz);
-    }
+    shared.registry.borrow_mut().handle_ws_closed(conn);
     shared.dispatch();
     log::info!("peer {} disconnected (connection {conn})", identity.peer_id);
 }

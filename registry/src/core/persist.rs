@@ -1,10 +1,11 @@
-//! What the registry keeps in `STATE_DIR` (SPEC §4.4), and its file format.
+//! What the registry keeps in `STATE_DIR`, and its file formats: this module
+//! turns state into bytes and back; the shell reads and writes the files.
 //!
 //! One file per kind of record, each a versioned JSON document:
 //!
 //! | file | content |
 //! |---|---|
-//! | `signaling-secret` | the generated JWT secret, hex ([`crate::state`]) |
+//! | `signaling-secret` | the generated JWT secret, 64 hex digits ([`encode_secret`]) |
 //! | `pairing.json` | `{"version":1,"codes":[{"sha256","expires_at","created_by"}],"entries":[{…OnboardingEntry,"device_token_sha256"}]}` |
 //! | `tasks.json` | `{"version":1,"tasks":[Task…]}` |
 //!
@@ -14,8 +15,8 @@
 //! joins later as a new file without a migration of the others. The kinds
 //! are independent, so nothing needs to change two files at once.
 //!
-//! Each file is replaced whole through [`crate::state::StateDir::write_atomic`] (`chatixia_settings::durable`)
-//! (temporary file, fsync, rename, fsync of the directory), so after a crash
+//! The shell replaces each file whole (`chatixia_settings::durable`:
+//! temporary file, fsync, rename, fsync of the directory), so after a crash
 //! it holds either the old or the new document. The shell writes after the
 //! core has changed a kind (its revision moved) and before it answers the
 //! request that changed it. A file that does not parse, or whose version is
@@ -25,11 +26,13 @@
 //! Readers tolerate missing optional fields, so a later version that only
 //! adds fields can keep `version: 1`; anything else bumps the version.
 
-use crate::pairing::PairingSnapshot;
-use crate::tasks::Task;
+use crate::core::digest::{from_hex, to_hex};
+use crate::core::pairing::PairingSnapshot;
+use crate::core::tasks::Task;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub const SECRET_FILE: &str = "signaling-secret";
 pub const PAIRING_FILE: &str = "pairing.json";
 pub const TASKS_FILE: &str = "tasks.json";
 pub const VERSION: u32 = 1;
@@ -112,10 +115,22 @@ pub fn decode_tasks(bytes: &[u8]) -> Result<Vec<Task>, String> {
     decode::<TasksDoc<Vec<Task>>>(bytes).map(|d| d.tasks)
 }
 
+/// The signing secret as its file holds it: 64 hex digits and a newline.
+pub fn encode_secret(secret: &[u8; 32]) -> Vec<u8> {
+    format!("{}\n", to_hex(secret)).into_bytes()
+}
+
+/// The errors say what is wrong after the file's name. A file that is not
+/// what we wrote is never replaced: a new secret would void every token.
+pub fn decode_secret(bytes: &[u8]) -> Result<[u8; 32], String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "is not text".to_owned())?;
+    from_hex(text.trim()).ok_or_else(|| "must hold 64 hex digits; refusing to replace it".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pairing::{OnboardingEntry, Status, StoredCode, StoredEntry};
+    use crate::core::pairing::{OnboardingEntry, Status, StoredCode, StoredEntry};
     use serde_json::{Value, json};
 
     fn snapshot() -> PairingSnapshot {
@@ -134,6 +149,17 @@ mod tests {
                 device_token_sha256: "cd".repeat(32),
             }],
         }
+    }
+
+    #[test]
+    fn the_secret_file_is_hex_and_nothing_else_is_taken() {
+        let secret = [0xab; 32];
+        let bytes = encode_secret(&secret);
+        assert_eq!(bytes, format!("{}\n", "ab".repeat(32)).into_bytes());
+        assert_eq!(decode_secret(&bytes), Ok(secret));
+        assert_eq!(decode_secret(format!("  {}\r\n", "AB".repeat(32)).as_bytes()), Ok(secret));
+        assert!(decode_secret(b"abc").unwrap_err().contains("refusing"));
+        assert!(decode_secret(&[0xff; 64]).unwrap_err().contains("not text"));
     }
 
     #[test]

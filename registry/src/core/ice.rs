@@ -1,5 +1,6 @@
-//! `GET /api/config` (SPEC §5.4, compatible): STUN servers, and a TURN server
-//! with coturn REST credentials when `TURN_URL` and `TURN_SECRET` are set.
+//! `GET /api/config` (docs/PROTOCOL.md, compatible): STUN servers, and a
+//! TURN server with coturn REST credentials when `TURN_URL` and `TURN_SECRET`
+//! are set.
 
 use serde_json::{Value, json};
 

@@ -1,4 +1,5 @@
-//! The agent registry (SPEC §3): what agents told us about themselves through
+//! The agent registry (docs/PROTOCOL.md, Routes: AgentInfo, AgentRecord,
+//! Heartbeat): what agents told us about themselves through
 //! `POST /api/registry/agents` and `POST /api/hub/heartbeat`, and their health
 //! derived from how long ago we last heard from them.
 //!
@@ -117,8 +118,9 @@ pub struct AgentRecord {
 
 /// Body of `POST /api/hub/heartbeat` (compatible). Every field but `agent_id`
 /// is optional and kept as `None` when absent, because an absent field must
-/// leave the stored value alone (SPEC §3, fixed) while a present one replaces
-/// it; the SPEC defaults only apply when the heartbeat creates the agent.
+/// leave the stored value alone while a present one replaces it
+/// (docs/PROTOCOL.md, Heartbeat); the documented defaults only apply when
+/// the heartbeat creates the agent.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Heartbeat {
     pub agent_id: String,
@@ -148,7 +150,7 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// The agent a first heartbeat creates, with the SPEC defaults for
+    /// The agent a first heartbeat creates, with the documented defaults for
     /// whatever it left out.
     fn into_new_agent(self) -> AgentInfo {
         let mode = self.mode.unwrap_or_default();

@@ -1,11 +1,12 @@
-//! The mesh topology answered by `GET /api/hub/network/topology` (SPEC §3):
+//! The mesh topology answered by `GET /api/hub/network/topology`
+//! (docs/PROTOCOL.md, Topology):
 //! `{"nodes": [...], "mesh_edges": [{"from_peer", "to_peer"}]}`.
 //!
 //! # Edges
 //!
 //! The original drew every active agent's sidecar linked to every other one,
 //! whatever links really existed. Ours draws what sidecars report in
-//! `mesh_status` (their open DataChannels, SPEC §4.2):
+//! `mesh_status` (their open DataChannels):
 //!
 //! - A reported link is one edge per unordered pair of peer ids, with
 //!   `from_peer < to_peer`, whichever side or sides reported it. A peer
@@ -44,7 +45,7 @@
 //! `port` and `skills_count` 0, `health` `active` (it reports, or holds an
 //! open DataChannel with a peer that does).
 
-use crate::agents::{AgentRecord, Health};
+use crate::core::agents::{AgentRecord, Health};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -215,7 +216,7 @@ fn ordered_pair(a: &str, b: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agents::AgentInfo;
+    use crate::core::agents::AgentInfo;
     use serde_json::json;
     use std::collections::HashMap;
 

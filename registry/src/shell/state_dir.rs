@@ -1,16 +1,18 @@
-//! The state directory: crash-safe files and the generated signing secret
-//! (SPEC §2.3, §4.4). Every write goes to a temporary file that is fsynced,
-//! renamed over the target, and the directory fsynced, so a `kill -9` at any
-//! moment leaves either the old or the new content, never a torn file.
+//! The state directory's files: the generated signing secret, and what the
+//! registry saves (their formats are in `core::persist`). Every write goes
+//! to a temporary file that is fsynced, renamed over the target, and the
+//! directory fsynced, so a `kill -9` at any moment leaves either the old or
+//! the new content, never a torn file.
 
+use super::{Now, Registry};
+use crate::core::persist::{self, PAIRING_FILE, SECRET_FILE, TASKS_FILE};
+use crate::core::registry::SavedState;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-
-pub const SECRET_FILE: &str = "signaling-secret";
+use std::path::PathBuf;
 
 #[derive(Debug, Clone)]
-pub struct StateDir {
+pub(super) struct StateDir {
     path: PathBuf,
 }
 
@@ -24,10 +26,6 @@ impl StateDir {
             .create(&path)
             .map_err(|e| format!("cannot create state directory {}: {e}", path.display()))?;
         Ok(StateDir { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -59,27 +57,42 @@ impl StateDir {
             if mode != 0 {
                 log::warn!("{} is readable by others (mode {mode:o}); it should be 0600", path.display());
             }
-            let text = String::from_utf8(bytes).map_err(|_| format!("{} is not text", path.display()))?;
-            let hex = text.trim();
-            let mut secret = [0u8; 32];
-            use ct_codecs::Decoder as _;
-            let decoded = ct_codecs::Hex::decode(&mut secret, hex, None)
-                .map_err(|_| format!("{} must hold 64 hex digits; refusing to replace it", path.display()))?;
-            if decoded.len() != 32 {
-                return Err(format!("{} must hold 64 hex digits; refusing to replace it", path.display()));
-            }
+            let secret = persist::decode_secret(&bytes).map_err(|e| format!("{} {e}", path.display()))?;
             return Ok(secret.to_vec());
         }
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| format!("no randomness for the secret: {e}"))?;
-        use ct_codecs::Encoder as _;
-        let hex = ct_codecs::Hex::encode_to_string(secret).map_err(|e| e.to_string())?;
-        self.write_atomic(SECRET_FILE, format!("{hex}\n").as_bytes())?;
+        self.write_atomic(SECRET_FILE, &persist::encode_secret(&secret))?;
         log::info!("generated a new signing secret in {}", path.display());
         Ok(secret.to_vec())
     }
 }
 
+/// Hands the registry back what earlier runs saved. A file that cannot be
+/// read or understood stops the start and is left as it is.
+pub(super) fn restore(state: &StateDir, registry: &mut Registry, now: Now) -> Result<(), String> {
+    let saved = SavedState { pairing: state.read(PAIRING_FILE)?, tasks: state.read(TASKS_FILE)? };
+    let restored = registry.restore(saved, now).map_err(|e| {
+        format!(
+            "{}: {}. Refusing to start; the file was left as it is. Repair it, or move it away to start \
+             without the {} it holds",
+            state.file(e.file).display(),
+            e.reason,
+            e.holds
+        )
+    })?;
+    if let Some(entries) = restored.pairing_entries {
+        log::info!("restored {entries} pairing entries from {}", state.file(PAIRING_FILE).display());
+    }
+    if let Some(tasks) = restored.tasks {
+        log::info!("restored {tasks} tasks from {}", state.file(TASKS_FILE).display());
+    }
+    if restored.tasks_dropped > 0 {
+        let dropped = restored.tasks_dropped;
+        log::warn!("dropped the {dropped} newest unfinished tasks: more than the limit of open tasks");
+    }
+    Ok(())
+}
 #[cfg(test)]
 mod tests {
     use super::*;

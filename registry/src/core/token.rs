@@ -1,4 +1,5 @@
-//! Signaling JWTs (SPEC §2.3, compatible with the original's tokens).
+//! Signaling JWTs (docs/PROTOCOL.md, Device tokens and JWT; compatible with
+//! the original's tokens).
 //!
 //! HS256 only; `exp = iat + 300`; `exp`, `sub`, `role` and `iat` required;
 //! 60 s leeway on `exp`; any `aud` claim rejected. jwt-simple pins the

@@ -1,4 +1,5 @@
-//! Pairing (SPEC §4.3): invite codes, onboarding entries and device tokens.
+//! Pairing (docs/PROTOCOL.md, Pairing): invite codes, onboarding entries and
+//! device tokens.
 //!
 //! Sans-IO like the rest of the core: every call that depends on time takes
 //! `now`, and every call that needs randomness takes a [`Random`] source (the
@@ -18,8 +19,8 @@
 //! longest-finished rejected or revoked entry is forgotten; if every entry is
 //! still pending or approved, redemption is refused before the code is spent.
 
-use crate::keys::sha256;
-use crate::tasks::epoch_seconds;
+use crate::core::digest::{from_hex, sha256, to_hex};
+use crate::core::tasks::epoch_seconds;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
@@ -166,7 +167,7 @@ pub struct StoredEntry {
     pub device_token_sha256: String,
 }
 
-/// Everything the store holds, for persisting; see [`crate::persist`].
+/// Everything the store holds, for persisting; see [`crate::core::persist`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PairingSnapshot {
     pub codes: Vec<StoredCode>,
@@ -286,7 +287,7 @@ impl PairingStore {
 
         let random = |rng: &mut dyn FnMut(&mut [u8]) -> Result<(), String>, n| {
             let mut buf = vec![0u8; n];
-            rng(&mut buf).map(|()| hex(&buf)).map_err(PairError::NoRandomness)
+            rng(&mut buf).map(|()| to_hex(&buf)).map_err(PairError::NoRandomness)
         };
         let id = draw(|| random(rng, 4), |id| self.entries.contains_key(id))?;
         let peer_id =
@@ -404,7 +405,7 @@ impl PairingStore {
             .codes
             .iter()
             .map(|(digest, c)| StoredCode {
-                sha256: hex(digest),
+                sha256: to_hex(digest),
                 expires_at: c.expires_at,
                 created_by: c.created_by.clone(),
             })
@@ -415,7 +416,7 @@ impl PairingStore {
             .into_iter()
             .map(|entry| {
                 let digest = self.entries[&entry.id].token_digest;
-                StoredEntry { entry, device_token_sha256: hex(&digest) }
+                StoredEntry { entry, device_token_sha256: to_hex(&digest) }
             })
             .collect();
         PairingSnapshot { codes, entries }
@@ -429,7 +430,7 @@ impl PairingStore {
         let mut store = PairingStore::new(limits);
         for c in snapshot.codes {
             let digest =
-                parse_digest(&c.sha256).ok_or_else(|| format!("code digest {:?} is not 64 hex digits", c.sha256))?;
+                from_hex(&c.sha256).ok_or_else(|| format!("code digest {:?} is not 64 hex digits", c.sha256))?;
             let code = Code { expires_at: c.expires_at, created_by: c.created_by };
             if code.is_live(now) {
                 store.codes.insert(digest, code);
@@ -437,7 +438,7 @@ impl PairingStore {
         }
         for stored in snapshot.entries {
             let e = stored.entry;
-            let digest = parse_digest(&stored.device_token_sha256)
+            let digest = from_hex(&stored.device_token_sha256)
                 .ok_or_else(|| format!("entry {:?}: device token digest is not 64 hex digits", e.id))?;
             if e.id.is_empty() || e.peer_id.is_empty() {
                 return Err(format!("entry {:?} has an empty id or peer_id", e.id));
@@ -529,21 +530,6 @@ fn uniform_below(bound: u32, rng: Random) -> Result<u32, String> {
         }
     }
     Err("the random source keeps returning values out of range".into())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    use ct_codecs::Decoder as _;
-    let mut out = [0u8; 32];
-    let bytes = ct_codecs::Hex::decode(&mut out, hex, None).ok()?;
-    (bytes.len() == 32).then_some(out)
 }
 
 #[cfg(test)]
@@ -685,8 +671,8 @@ mod tests {
         for secret in [&unused, &p.device_token, &p.device_token[3..].to_owned()] {
             assert!(!text.contains(secret.as_str()), "{secret} in {text}");
         }
-        assert!(text.contains(&hex(&sha256(unused.as_bytes()))));
-        assert!(text.contains(&hex(&sha256(p.device_token.as_bytes()))));
+        assert!(text.contains(&to_hex(&sha256(unused.as_bytes()))));
+        assert!(text.contains(&to_hex(&sha256(p.device_token.as_bytes()))));
     }
 
     #[test]

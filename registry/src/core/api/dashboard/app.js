@@ -1,4 +1,4 @@
-// The registry dashboard (SPEC §8). Plain DOM, no framework, same-origin
+// The registry dashboard. Plain DOM, no framework, same-origin
 // requests only. Every string from the server is set with textContent or
 // setAttribute, never parsed as markup: agent names come from the network.
 "use strict";

@@ -1,9 +1,10 @@
-//! The signaling hub (SPEC §4.1–4.2): who is connected, what each frame
+//! The signaling hub (docs/PROTOCOL.md, Signaling WebSocket): who is
+//! connected, what each frame
 //! means, where it goes. Sans-IO: the shell feeds connections, frames and
 //! ticks in, and drains [`HubOutput`]s to move bytes.
 
-use crate::ratelimit::{Rate, TokenBucket};
-use crate::token::Identity;
+use crate::core::ratelimit::{Rate, TokenBucket};
+use crate::core::token::Identity;
 use chatixia_protocol::signaling::{
     Envelope, EnvelopeRef, ErrorPayload, MeshHealthPayload, MeshStatusPayload, PeerLeftPayload, PeerListPayload,
     PongPayload, close_codes, error_codes, types,
@@ -336,13 +337,19 @@ impl Hub {
         *self.stats.drops.entry(reason).or_default() += 1;
     }
 
-    /// Counts a drop decided by the shell (e.g. a slow consumer's queue).
-    pub fn record_drop(&mut self, reason: &'static str) {
-        self.count_drop(reason);
+    /// The shell could not queue a frame for `conn`: the relay never waits
+    /// for one slow peer, so the connection is closed. The close goes out
+    /// ahead of what is already queued, so nothing more is sent to it.
+    pub fn handle_slow_consumer(&mut self, conn: ConnId) {
+        log::warn!("connection {conn} is not reading; closing it");
+        self.count_drop("slow_consumer");
+        self.outputs.push_front(HubOutput::Close { conn, code: 1008, reason: "too slow" });
     }
 }
 
+// The tests need a real clock: an Instant can only be had from it.
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use serde_json::{Value, json};
@@ -532,6 +539,17 @@ mod tests {
         // The other peer is unaffected.
         hub.handle_frame(2, &frame("ice_candidate", "b", Some("a"), json!({})), &authz, t0, 0);
         assert_eq!(sent(&drain(&mut hub))[0].0, 1);
+    }
+
+    #[test]
+    fn a_slow_consumer_is_closed_before_anything_else_goes_out() {
+        let (mut hub, authz, t0) = setup(&["a", "b"], &["a", "b"]);
+        hub.handle_frame(1, &frame("offer", "a", Some("b"), json!({"sdp":"x"})), &authz, t0, 0);
+        hub.handle_slow_consumer(2);
+        let out = drain(&mut hub);
+        assert_eq!(out[0], HubOutput::Close { conn: 2, code: 1008, reason: "too slow" });
+        assert_eq!(out.len(), 2, "the queued frame stays behind the close: {out:?}");
+        assert_eq!(hub.stats.drops["slow_consumer"], 1);
     }
 
     #[test]

@@ -1,12 +1,12 @@
-//! The API keys file (SPEC §2.1).
+//! The API keys file (docs/PROTOCOL.md, API keys file).
 //!
 //! Keys are held only as SHA-256 digests: a plain key in the file is hashed
 //! on load, a `sha256:<hex>` entry is taken as its digest. Lookup hashes the
 //! presented key, so no clear key stays in memory and comparison time does
 //! not depend on how much of a key matched.
 
+use crate::core::digest::{from_hex, sha256};
 use chatixia_protocol::claims::{ROLE_ADMIN, ROLE_AGENT};
-use ct_codecs::Decoder as _;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -32,10 +32,6 @@ pub struct KeyStore {
     /// The peer_ids of all entries: authorization asks for every peer of
     /// every `peer_list` and twice per relayed frame, so no scan.
     peers: HashSet<String>,
-}
-
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    hmac_sha256::Hash::hash(data)
 }
 
 impl KeyStore {
@@ -83,7 +79,7 @@ impl KeyStore {
             }
             let digest = match key.strip_prefix("sha256:") {
                 Some(hex) => {
-                    parse_digest(hex).ok_or_else(|| format!("entry {}: sha256 needs 64 hex digits", redact(&key)))?
+                    from_hex(hex).ok_or_else(|| format!("entry {}: sha256 needs 64 hex digits", redact(&key)))?
                 }
                 None if key.is_empty() => return Err("an entry has an empty key".into()),
                 None => sha256(key.as_bytes()),
@@ -121,12 +117,6 @@ fn is_entry(obj: &Map<String, Value>) -> bool {
     obj.contains_key("peer_id")
 }
 
-fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    let bytes = ct_codecs::Hex::decode(&mut out, hex, None).ok()?;
-    (bytes.len() == 32).then_some(out)
-}
-
 /// Names a key in messages without writing it to a log.
 fn redact(key: &str) -> String {
     if key.starts_with("sha256:") {
@@ -139,7 +129,7 @@ fn redact(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ct_codecs::Encoder as _;
+    use crate::core::digest::to_hex;
 
     #[test]
     fn reads_wrapped_and_bare_shapes() {
@@ -158,7 +148,7 @@ mod tests {
 
     #[test]
     fn matches_hashed_keys() {
-        let digest = ct_codecs::Hex::encode_to_string(sha256(b"secret-key")).unwrap();
+        let digest = to_hex(&sha256(b"secret-key"));
         let text = format!(r#"{{"keys":{{"sha256:{digest}":{{"peer_id":"h","role":"agent"}}}}}}"#);
         let s = KeyStore::parse(&text).unwrap();
         assert_eq!(s.lookup("secret-key").unwrap().peer_id, "h");

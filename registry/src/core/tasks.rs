@@ -1,5 +1,6 @@
-//! The task hub (SPEC §3): a bounded in-memory queue of tasks that agents
-//! submit over HTTP and claim with their heartbeats.
+//! The task hub (docs/PROTOCOL.md, Routes: the task shapes and rules): a
+//! bounded in-memory queue of tasks that agents submit over HTTP and claim
+//! with their heartbeats.
 //!
 //! Sans-IO: every call takes `now`, and everything that depends on the passage
 //! of time (TTL expiry, forgetting finished tasks) is applied lazily at the

@@ -1,0 +1,134 @@
+//! The registry's HTTP API, sans-IO (docs/PROTOCOL.md, Registry HTTP API):
+//! the shell turns each HTTP request into an [`ApiRequest`] and writes back
+//! the [`ApiResponse`] that [`handle_http`] makes of it. This file is the
+//! route table; credentials, CORS, metrics, pairing and the dashboard's
+//! assets each have their own module.
+
+pub mod auth;
+mod client;
+mod cors;
+pub mod dashboard;
+mod metrics;
+mod pairing;
+pub mod request;
+pub mod response;
+
+use self::dashboard::Asset;
+use self::pairing::ShutOut;
+use self::request::{ApiRequest, query_param};
+use self::response::ApiResponse;
+use crate::core::agents::{AgentInfo, Heartbeat};
+use crate::core::ice;
+use crate::core::now::Now;
+use crate::core::state::RegistryState;
+use crate::core::tasks::{TaskSubmission, TaskUpdate, UpdateError};
+use crate::core::topology::Topology;
+use serde_json::json;
+
+/// One HTTP request other than a WebSocket upgrade: CORS, then the admin
+/// credential where the route needs one, then the route.
+pub(in crate::core) fn handle_http(state: &mut RegistryState, req: &ApiRequest, now: Now) -> ApiResponse {
+    let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    let admin_route = auth::is_admin_route(req.method, &segments);
+    let mut resp =
+        if req.method == "OPTIONS" { cors::preflight() } else { route(state, req, &segments, admin_route, now) };
+    cors::allow_origin(&mut resp, state.config.cors_origins.as_deref(), req.origin, admin_route);
+    resp
+}
+
+fn route(state: &mut RegistryState, req: &ApiRequest, seg: &[&str], admin_route: bool, now: Now) -> ApiResponse {
+    let admin = if admin_route {
+        match auth::require_admin(state, req, now) {
+            Ok(admin) => admin,
+            Err(resp) => return resp,
+        }
+    } else {
+        String::new()
+    };
+    match (req.method, seg) {
+        ("GET", [""]) => asset(Asset::Page),
+        ("GET", ["dashboard.js"]) => asset(Asset::Script),
+        ("GET", ["dashboard.css"]) => asset(Asset::Style),
+        ("GET", ["healthz"]) => ApiResponse::ok(json!({"status": "ok"})),
+        ("GET", ["metrics"]) => {
+            let mut r = ApiResponse::text(200, metrics::render(state, now));
+            r.content_type = "text/plain; version=0.0.4";
+            r
+        }
+        ("GET", ["api", "config"]) => {
+            let turn = state.config.turn.as_ref().map(|(u, s)| (u.as_str(), s.as_str()));
+            ApiResponse::ok(ice::ice_config(&state.config.stun_urls, turn, now.unix_secs()))
+        }
+        ("POST", ["api", "token"]) => auth::issue_token(state, req, now),
+        ("POST", ["api", "registry", "agents"]) => req.with_body(|info: AgentInfo| {
+            state.agents.upsert(info, now.wall);
+            ApiResponse::ok(json!({"status": "ok"}))
+        }),
+        ("GET", ["api", "registry", "agents"]) => ApiResponse::ok(json!(state.agents.list(now.wall))),
+        ("GET", ["api", "registry", "route"]) => {
+            let skill = query_param(req.query, "skill").unwrap_or_default();
+            match state.agents.route(&skill, now.wall) {
+                Some(agent) => ApiResponse::ok(json!(agent)),
+                None => ApiResponse::ok(json!({"error": "no agent found with skill", "skill": skill})),
+            }
+        }
+        ("GET", ["api", "registry", "agents", id]) => match state.agents.get(id, now.wall) {
+            Some(agent) => ApiResponse::ok(json!(agent)),
+            None => ApiResponse::not_found_body(),
+        },
+        ("DELETE", ["api", "registry", "agents", id]) => {
+            if state.agents.remove(id) {
+                ApiResponse::ok(json!({"status": "ok"}))
+            } else {
+                ApiResponse::not_found_body()
+            }
+        }
+        ("POST", ["api", "hub", "tasks"]) => {
+            req.with_body(|sub: TaskSubmission| match state.tasks.submit(sub, now.wall) {
+                Ok(id) => ApiResponse::ok(json!({"task_id": id})),
+                Err(e) => ApiResponse::json(503, &json!({"error": e.to_string()})),
+            })
+        }
+        ("GET", ["api", "hub", "tasks", "all"]) => ApiResponse::ok(json!(state.tasks.all(now.wall))),
+        ("GET", ["api", "hub", "tasks", id]) => match state.tasks.get(id, now.wall) {
+            Some(task) => ApiResponse::ok(json!(task)),
+            None => ApiResponse::not_found_body(),
+        },
+        ("POST", ["api", "hub", "tasks", id]) => {
+            req.with_body(|upd: TaskUpdate| match state.tasks.update(id, upd, now.wall) {
+                Ok(()) => ApiResponse::ok(json!({"status": "ok"})),
+                Err(UpdateError::NotFound) => ApiResponse::not_found_body(),
+                Err(UpdateError::Final) => ApiResponse::ok(json!({"error": "task is final"})),
+            })
+        }
+        ("POST", ["api", "hub", "heartbeat"]) => req.with_body(|hb: Heartbeat| {
+            let agent_id = hb.agent_id.clone();
+            state.agents.heartbeat(hb, now.wall);
+            let skills = state.agents.skills_of(&agent_id);
+            let pending = state.tasks.claim(&agent_id, &skills, now.wall);
+            ApiResponse::ok(json!({"status": "ok", "pending_tasks": pending}))
+        }),
+        ("POST", ["api", "pairing", "generate-code"]) => pairing::generate_code(state, req, now),
+        ("POST", ["api", "pairing", "pair"]) => pairing::pair(state, req, now),
+        ("GET", ["api", "pairing", "pending"]) => ApiResponse::ok(json!(state.pairing.list(true))),
+        ("GET", ["api", "pairing", "all"]) => ApiResponse::ok(json!(state.pairing.list(false))),
+        ("POST", ["api", "pairing", id, "approve"]) => pairing::approve(state, id, &admin, now),
+        ("POST", ["api", "pairing", id, "reject"]) => pairing::shut_out(state, id, ShutOut::Reject, &admin, now),
+        ("POST", ["api", "pairing", id, "revoke"]) => pairing::shut_out(state, id, ShutOut::Revoke, &admin, now),
+        ("GET", ["api", "hub", "network", "topology"]) => {
+            let records = state.agents.list(now.wall);
+            ApiResponse::ok(json!(Topology::build(&records, state.hub.mesh_status())))
+        }
+        _ => ApiResponse::json(404, &json!({"error": "no such route"})),
+    }
+}
+
+/// A dashboard asset, with the headers that guard it.
+fn asset(asset: Asset) -> ApiResponse {
+    ApiResponse {
+        status: 200,
+        content_type: asset.content_type(),
+        body: asset.text().as_bytes().to_vec(),
+        headers: dashboard::HEADERS.iter().map(|&(name, value)| (name, value.to_owned())).collect(),
+    }
+}

@@ -1,0 +1,734 @@
+//! The registry as the shell sees it: one object, driven by `handle_*`
+//! calls with the time the shell read, whose effects on WebSockets come out
+//! of [`Registry::poll_output`]. The parts inside (hub, pairing, tasks,
+//! agents, keys, tokens, limits) stay private to the core.
+
+use crate::core::api::request::ApiRequest;
+use crate::core::api::response::ApiResponse;
+use crate::core::api::{self, auth};
+use crate::core::config::RegistryConfig;
+use crate::core::hub::{ConnId, HubOutput};
+use crate::core::keys::KeyStore;
+use crate::core::now::Now;
+use crate::core::pairing::PairingStore;
+use crate::core::persist::{self, Dirty, PAIRING_FILE, Revisions, TASKS_FILE};
+use crate::core::state::{RandomSource, RegistryState};
+use crate::core::token::{Identity, TokenIssuer};
+
+/// What the registry wants done to a WebSocket. Every effect it has on the
+/// network is the hub's: a frame sent, a ping, a close.
+pub type RegistryOutput = HubOutput;
+
+/// The state files of an earlier run, as the shell read them: `None` where
+/// there is no such file.
+#[derive(Debug, Clone, Default)]
+pub struct SavedState {
+    pub pairing: Option<Vec<u8>>,
+    pub tasks: Option<Vec<u8>>,
+}
+
+/// What [`Registry::restore`] took back, for the log; `None` where there
+/// was no file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub pairing_entries: Option<usize>,
+    pub tasks: Option<usize>,
+    /// The newest unfinished tasks, beyond the limit of open tasks.
+    pub tasks_dropped: usize,
+}
+
+/// A state file that cannot be taken back. Starting empty would lose what it
+/// holds at the next save, and guessing would be worse, so the start stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreError {
+    pub file: &'static str,
+    /// What starting without the file would lose, in words.
+    pub holds: &'static str,
+    pub reason: String,
+}
+
+pub struct Registry {
+    state: RegistryState,
+}
+
+impl Registry {
+    pub fn new(
+        config: RegistryConfig,
+        keys: KeyStore,
+        tokens: TokenIssuer,
+        task_seed: u64,
+        rng: RandomSource,
+        now: Now,
+    ) -> Self {
+        Registry { state: RegistryState::new(config, keys, tokens, task_seed, rng, now) }
+    }
+
+    /// Takes back what an earlier run saved. Call it before anything else.
+    pub fn restore(&mut self, saved: SavedState, now: Now) -> Result<Restored, RestoreError> {
+        let mut restored = Restored::default();
+        if let Some(bytes) = saved.pairing {
+            let refuse = |reason| RestoreError { file: PAIRING_FILE, holds: "paired devices", reason };
+            let snapshot = persist::decode_pairing(&bytes).map_err(refuse)?;
+            let pairing = PairingStore::restore(snapshot, self.state.config.pairing, now.wall).map_err(refuse)?;
+            restored.pairing_entries = Some(pairing.len());
+            self.state.pairing = pairing;
+        }
+        if let Some(bytes) = saved.tasks {
+            let refuse = |reason| RestoreError { file: TASKS_FILE, holds: "tasks", reason };
+            let tasks = persist::decode_tasks(&bytes).map_err(refuse)?;
+            restored.tasks_dropped = self.state.tasks.restore(tasks, now.wall);
+            restored.tasks = Some(self.state.tasks.len());
+        }
+        Ok(restored)
+    }
+
+    /// One HTTP request other than a WebSocket upgrade.
+    pub fn handle_http(&mut self, req: &ApiRequest, now: Now) -> ApiResponse {
+        api::handle_http(&mut self.state, req, now)
+    }
+
+    /// The query string of a WebSocket upgrade: who the socket speaks for,
+    /// or the answer that refuses it.
+    pub fn handle_ws_upgrade(&mut self, query: &str, now: Now) -> Result<Identity, ApiResponse> {
+        auth::authenticate_ws(&mut self.state, query, now)
+    }
+
+    /// The upgrade went through: `conn` is open for `identity`.
+    pub fn handle_ws_open(&mut self, conn: ConnId, identity: &Identity, now: Now) {
+        let (hub, authz) = self.state.hub_with_authz();
+        hub.handle_connect(conn, identity, &authz, now.mono);
+    }
+
+    /// A text message from `conn`: a signaling frame.
+    pub fn handle_ws_text(&mut self, conn: ConnId, text: &str, now: Now) {
+        let (hub, authz) = self.state.hub_with_authz();
+        hub.handle_frame(conn, text, &authz, now.mono, now.unix_ms());
+    }
+
+    /// A binary message from `conn`, which the protocol has no use for.
+    pub fn handle_ws_binary(&mut self, conn: ConnId, now: Now) {
+        self.state.hub.handle_binary(conn, now.mono);
+    }
+
+    /// A WebSocket ping or pong from `conn`: proof of life.
+    pub fn handle_ws_activity(&mut self, conn: ConnId, now: Now) {
+        self.state.hub.handle_activity(conn, now.mono);
+    }
+
+    /// `conn` is gone, whoever closed it.
+    pub fn handle_ws_closed(&mut self, conn: ConnId) {
+        let (hub, authz) = self.state.hub_with_authz();
+        hub.handle_disconnect(conn, &authz);
+    }
+
+    /// The shell could not queue a frame for `conn`: its client stopped
+    /// reading.
+    pub fn handle_slow_consumer(&mut self, conn: ConnId) {
+        self.state.hub.handle_slow_consumer(conn);
+    }
+
+    /// Time passed: pings that are due, closes of silent sockets.
+    pub fn handle_tick(&mut self, now: Now) {
+        self.state.hub.handle_tick(now.mono);
+    }
+
+    /// The keys file was read again; sockets whose key is gone are closed.
+    pub fn handle_keys_reloaded(&mut self, keys: KeyStore) {
+        self.state.keys = keys;
+        self.state.authorization_changed();
+    }
+
+    pub fn poll_output(&mut self) -> Option<RegistryOutput> {
+        self.state.hub.poll_output()
+    }
+
+    /// Where each persisted kind of state stands; compare before and after
+    /// a call to know whether it changed anything that must be saved.
+    pub fn revisions(&self) -> Revisions {
+        Revisions { pairing: self.state.pairing.revision(), tasks: self.state.tasks.revision() }
+    }
+
+    /// The state files whose content moved on since `saved`.
+    pub fn changed_since(&self, saved: Revisions) -> Vec<Dirty> {
+        let mut dirty = Vec::new();
+        if self.state.pairing.revision() != saved.pairing {
+            dirty.push(Dirty::Pairing(self.state.pairing.snapshot()));
+        }
+        if self.state.tasks.revision() != saved.tasks {
+            dirty.push(Dirty::Tasks(self.state.tasks.snapshot()));
+        }
+        dirty
+    }
+
+    /// Open signaling WebSockets.
+    pub fn connection_count(&self) -> usize {
+        self.state.hub.connection_count()
+    }
+}
+
+// The tests need a real clock: an Instant can only be had from it.
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+    use crate::core::ratelimit::Rate;
+    use serde_json::{Value, json};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::{Duration, Instant, UNIX_EPOCH};
+
+    const KEYS: &str =
+        r#"{"keys":{"k-agent":{"peer_id":"alpha","role":"agent"},"k-admin":{"peer_id":"ops","role":"admin"}}}"#;
+
+    /// Signs tokens as the registry under test does, with its secret.
+    fn issuer() -> TokenIssuer {
+        TokenIssuer::new(b"unit-test-secret").unwrap()
+    }
+
+    fn now() -> Now {
+        Now { mono: Instant::now(), wall: UNIX_EPOCH + Duration::from_secs(1_800_000_000) }
+    }
+
+    fn registry(config: RegistryConfig) -> Registry {
+        let keys = KeyStore::parse(KEYS).unwrap();
+        Registry::new(config, keys, issuer(), 1, counter_rng(), now())
+    }
+
+    /// A deterministic random source: splitmix64 over a counter.
+    fn counter_rng() -> RandomSource {
+        let mut n = 0u64;
+        Box::new(move |buf: &mut [u8]| {
+            for b in buf.iter_mut() {
+                n += 1;
+                let mut z = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                *b = (z ^ (z >> 31)) as u8;
+            }
+            Ok(())
+        })
+    }
+
+    fn req<'a>(method: &'a str, path: &'a str) -> ApiRequest<'a> {
+        ApiRequest { method, path, client: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), ..Default::default() }
+    }
+
+    fn body(resp: &ApiResponse) -> Value {
+        serde_json::from_slice(&resp.body).unwrap()
+    }
+
+    fn post_json<'a>(path: &'a str, body: &'a str) -> ApiRequest<'a> {
+        ApiRequest { body: body.as_bytes(), ..req("POST", path) }
+    }
+
+    fn admin<'a>(method: &'a str, path: &'a str) -> ApiRequest<'a> {
+        ApiRequest { api_key: Some("k-admin"), ..req(method, path) }
+    }
+
+    /// Generates a code with the agent key and redeems it; returns the answer.
+    fn pair_device(r: &mut Registry, name: &str, t: Now) -> Value {
+        let code =
+            r.handle_http(&ApiRequest { api_key: Some("k-agent"), ..req("POST", "/api/pairing/generate-code") }, t);
+        assert_eq!(code.status, 200, "{:?}", String::from_utf8_lossy(&code.body));
+        let code = body(&code)["code"].as_str().unwrap().to_owned();
+        let pair_body = json!({"code": code, "agent_name": name}).to_string();
+        let resp = r.handle_http(&post_json("/api/pairing/pair", &pair_body), t);
+        assert_eq!(resp.status, 200, "{:?}", String::from_utf8_lossy(&resp.body));
+        body(&resp)
+    }
+
+    fn device_token_exchange(r: &mut Registry, token: &str, t: Now) -> ApiResponse {
+        r.handle_http(&ApiRequest { device_token: Some(token), ..req("POST", "/api/token") }, t)
+    }
+
+    fn outputs(r: &mut Registry) -> Vec<RegistryOutput> {
+        std::iter::from_fn(|| r.poll_output()).collect()
+    }
+
+    fn sent_to(outs: &[RegistryOutput], conn: ConnId) -> Vec<Value> {
+        outs.iter()
+            .filter_map(|o| match o {
+                RegistryOutput::Send { conn: c, text } if *c == conn => Some(serde_json::from_str(text).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The value of one line of `/metrics`.
+    fn metric(r: &mut Registry, name: &str) -> u64 {
+        let text = String::from_utf8(r.handle_http(&req("GET", "/metrics"), now()).body).unwrap();
+        let line = text.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    /// The peers "alpha", connected as 1, is told of when it registers.
+    fn peers_seen_by_alpha(r: &mut Registry, t: Now) -> Value {
+        outputs(r);
+        r.handle_ws_text(1, &json!({"type": "register", "peer_id": "alpha"}).to_string(), t);
+        let outs = outputs(r);
+        sent_to(&outs, 1)[0]["payload"]["peers"].clone()
+    }
+
+    #[test]
+    fn token_for_a_key_and_empty_401_otherwise() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let resp = r.handle_http(&ApiRequest { api_key: Some("k-agent"), ..req("POST", "/api/token") }, t);
+        assert_eq!(resp.status, 200);
+        let v = body(&resp);
+        assert_eq!((v["peer_id"].as_str(), v["role"].as_str()), (Some("alpha"), Some("agent")));
+        let id = issuer().verify(v["token"].as_str().unwrap(), t.unix_secs()).unwrap();
+        assert_eq!(id.peer_id, "alpha");
+        for key in [Some("nope"), None] {
+            let resp = r.handle_http(&ApiRequest { api_key: key, ..req("POST", "/api/token") }, t);
+            assert_eq!((resp.status, resp.body.len()), (401, 0));
+        }
+        assert_eq!(
+            (metric(&mut r, "chatixia_tokens_issued_total"), metric(&mut r, "chatixia_tokens_refused_total")),
+            (1, 2)
+        );
+    }
+
+    #[test]
+    fn token_endpoint_is_rate_limited_per_client() {
+        let mut r = registry(RegistryConfig { token_rate: Rate::new(1.0, 3.0), ..RegistryConfig::default() });
+        let t = now();
+        let statuses: Vec<u16> = (0..5)
+            .map(|_| r.handle_http(&ApiRequest { api_key: Some("k-agent"), ..req("POST", "/api/token") }, t).status)
+            .collect();
+        assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
+        let other = ApiRequest {
+            api_key: Some("k-agent"),
+            client: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
+            ..req("POST", "/api/token")
+        };
+        assert_eq!(r.handle_http(&other, t).status, 200);
+    }
+
+    #[test]
+    fn admin_routes_need_an_admin_credential() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let admin_jwt = format!("Bearer {}", issuer().mint("ops", "admin", t.unix_secs()));
+        let agent_jwt = format!("Bearer {}", issuer().mint("alpha", "agent", t.unix_secs()));
+        let path = "/api/registry/agents/x";
+        let cases: [(Option<&str>, Option<&str>, u16); 6] = [
+            (None, None, 401),
+            (Some("k-agent"), None, 403),
+            (Some("wrong"), None, 401),
+            (None, Some(&agent_jwt), 403),
+            (None, Some("Bearer garbage"), 401),
+            (Some("k-admin"), None, 200),
+        ];
+        for (api_key, authorization, status) in cases {
+            let resp = r.handle_http(&ApiRequest { api_key, authorization, ..req("DELETE", path) }, t);
+            assert_eq!(resp.status, status, "{api_key:?} {authorization:?}");
+        }
+        let resp = r.handle_http(&ApiRequest { authorization: Some(&admin_jwt), ..req("DELETE", path) }, t);
+        assert_eq!((resp.status, body(&resp)), (200, json!({"error": "not found"})));
+    }
+
+    #[test]
+    fn bodies_400_for_non_json_and_422_for_wrong_types() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let bad = r.handle_http(&ApiRequest { body: b"{", ..req("POST", "/api/registry/agents") }, t);
+        assert_eq!(bad.status, 400);
+        let wrong = r.handle_http(&ApiRequest { body: br#"{"agent_id":1}"#, ..req("POST", "/api/registry/agents") }, t);
+        assert_eq!(wrong.status, 422);
+        let ok = r.handle_http(
+            &ApiRequest { body: br#"{"agent_id":"a","hostname":"h"}"#, ..req("POST", "/api/registry/agents") },
+            t,
+        );
+        assert_eq!(body(&ok), json!({"status": "ok"}));
+        let missing = r.handle_http(&req("GET", "/api/registry/agents/zz"), t);
+        assert_eq!((missing.status, body(&missing)), (200, json!({"error": "not found"})));
+    }
+
+    #[test]
+    fn cors_any_origin_except_admin_routes() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let pre = r.handle_http(&ApiRequest { origin: Some("http://x"), ..req("OPTIONS", "/api/token") }, t);
+        assert_eq!(pre.status, 204);
+        assert!(pre.headers.contains(&("access-control-allow-origin", "*".into())));
+        let admin =
+            r.handle_http(&ApiRequest { origin: Some("http://x"), ..req("DELETE", "/api/registry/agents/a") }, t);
+        assert!(!admin.headers.iter().any(|(h, _)| *h == "access-control-allow-origin"));
+        let mut listed =
+            registry(RegistryConfig { cors_origins: Some(vec!["http://ok".into()]), ..RegistryConfig::default() });
+        let ok = listed.handle_http(&ApiRequest { origin: Some("http://ok"), ..req("GET", "/healthz") }, t);
+        assert!(ok.headers.contains(&("access-control-allow-origin", "http://ok".into())));
+        let no = listed.handle_http(&ApiRequest { origin: Some("http://evil"), ..req("GET", "/healthz") }, t);
+        assert!(!no.headers.iter().any(|(h, _)| *h == "access-control-allow-origin"));
+    }
+
+    #[test]
+    fn the_dashboard_and_its_assets_are_served_with_strict_headers() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        for (path, content_type, needle) in [
+            ("/", "text/html; charset=utf-8", r#"<script src="/dashboard.js" defer></script>"#),
+            ("/dashboard.js", "text/javascript; charset=utf-8", "sessionStorage"),
+            ("/dashboard.css", "text/css; charset=utf-8", "svg.mesh"),
+        ] {
+            let resp = r.handle_http(&req("GET", path), t);
+            assert_eq!((resp.status, resp.content_type), (200, content_type), "{path}");
+            let header = |name: &str| resp.headers.iter().find(|(h, _)| *h == name).map(|(_, v)| v.as_str());
+            assert_eq!(header("cache-control"), Some("no-cache"), "{path}");
+            assert_eq!(header("x-content-type-options"), Some("nosniff"), "{path}");
+            assert_eq!(header("x-frame-options"), Some("DENY"), "{path}");
+            let csp = header("content-security-policy").unwrap();
+            assert!(csp.starts_with("default-src 'self';"), "{csp}");
+            assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+            assert!(!csp.contains("unsafe-") && !csp.contains('*'), "{csp}");
+            assert!(String::from_utf8(resp.body).unwrap().contains(needle), "{path}");
+            // CORS as on any other non-admin route.
+            assert!(resp.headers.contains(&("access-control-allow-origin", "*".into())), "{path}");
+        }
+        for (method, path) in [("POST", "/"), ("DELETE", "/"), ("GET", "/index.html"), ("GET", "/dashboard.js/x")] {
+            assert_eq!(r.handle_http(&req(method, path), t).status, 404, "{method} {path}");
+        }
+        let mut listed =
+            registry(RegistryConfig { cors_origins: Some(vec!["http://ok".into()]), ..RegistryConfig::default() });
+        let evil = listed.handle_http(&ApiRequest { origin: Some("http://evil"), ..req("GET", "/") }, t);
+        assert_eq!(evil.status, 200);
+        assert!(!evil.headers.iter().any(|(h, _)| *h == "access-control-allow-origin"));
+    }
+
+    #[test]
+    fn ws_authentication_reads_the_token_parameter() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let token = issuer().mint("alpha", "agent", t.unix_secs());
+        assert_eq!(r.handle_ws_upgrade(&format!("x=1&token={token}"), t).unwrap().peer_id, "alpha");
+        assert_eq!(r.handle_ws_upgrade("token=bad", t).unwrap_err().status, 401);
+        assert_eq!(r.handle_ws_upgrade("", t).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn key_reload_closes_sockets_of_removed_keys() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let id = Identity { peer_id: "alpha".into(), role: "agent".into() };
+        r.handle_ws_open(7, &id, t);
+        r.handle_keys_reloaded(KeyStore::parse(r#"{"keys":{}}"#).unwrap());
+        assert_eq!(r.poll_output(), Some(RegistryOutput::Close { conn: 7, code: 4003, reason: "not authorized" }));
+    }
+
+    #[test]
+    fn pairing_flow_through_tokens_and_the_hub() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let paired = pair_device(&mut r, "pi", t);
+        let fields: Vec<&String> = paired.as_object().unwrap().keys().collect();
+        assert_eq!(fields, ["device_token", "id", "peer_id", "status"]);
+        assert_eq!(paired["status"], "pending_approval");
+        let (id, peer, dt) = (
+            paired["id"].as_str().unwrap(),
+            paired["peer_id"].as_str().unwrap(),
+            paired["device_token"].as_str().unwrap(),
+        );
+
+        // Pending: a JWT with role "pending", a socket, and nobody to see.
+        let tok = device_token_exchange(&mut r, dt, t);
+        assert_eq!((body(&tok)["role"].as_str(), body(&tok)["peer_id"].as_str()), (Some("pending"), Some(peer)));
+        let pending_jwt = body(&tok)["token"].as_str().unwrap().to_owned();
+        let dev = r.handle_ws_upgrade(&format!("token={pending_jwt}"), t).unwrap();
+        let alpha = Identity { peer_id: "alpha".into(), role: "agent".into() };
+        r.handle_ws_open(1, &alpha, t);
+        r.handle_ws_open(2, &dev, t);
+        let register = json!({"type": "register", "peer_id": peer}).to_string();
+        r.handle_ws_text(2, &register, t);
+        let outs = outputs(&mut r);
+        assert_eq!(sent_to(&outs, 2)[0]["payload"]["peers"], json!([]));
+
+        // Approval: a fresh peer_list on the open socket.
+        let resp = r.handle_http(&admin("POST", &format!("/api/pairing/{id}/approve")), t);
+        assert_eq!(body(&resp), json!({"id": id, "status": "approved", "peer_id": peer}));
+        let outs = outputs(&mut r);
+        assert_eq!(sent_to(&outs, 2).len(), 1, "{outs:?}");
+        assert_eq!(sent_to(&outs, 2)[0]["type"], "peer_list");
+        assert_eq!(sent_to(&outs, 2)[0]["payload"]["peers"], json!(["alpha"]));
+        assert_eq!(peers_seen_by_alpha(&mut r, t), json!([peer]));
+        let tok = device_token_exchange(&mut r, dt, t);
+        assert_eq!(body(&tok)["role"], "agent");
+        let agent_jwt = body(&tok)["token"].as_str().unwrap().to_owned();
+
+        // Revocation: closed with 4003, alpha told, token and socket refused.
+        let resp = r.handle_http(&admin("POST", &format!("/api/pairing/{id}/revoke")), t);
+        assert_eq!((resp.status, body(&resp)), (200, json!({"status": "ok"})));
+        let outs = outputs(&mut r);
+        assert!(outs.contains(&RegistryOutput::Close { conn: 2, code: 4003, reason: "not authorized" }));
+        assert_eq!(
+            sent_to(&outs, 1),
+            [json!({"type": "peer_left", "peer_id": "registry", "payload": {"peer_id": peer}})]
+        );
+        let tok = device_token_exchange(&mut r, dt, t);
+        assert_eq!((tok.status, tok.body.len()), (401, 0));
+        for jwt in [&agent_jwt, &pending_jwt] {
+            assert_eq!(r.handle_ws_upgrade(&format!("token={jwt}"), t).unwrap_err().status, 401);
+        }
+        assert_eq!(peers_seen_by_alpha(&mut r, t), json!([]));
+        let again = r.handle_http(&admin("POST", &format!("/api/pairing/{id}/revoke")), t);
+        assert_eq!((again.status, body(&again)), (404, json!({"error": "not found or not approved"})));
+    }
+
+    #[test]
+    fn rejection_closes_the_pending_socket_and_is_final() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let paired = pair_device(&mut r, "pi", t);
+        let (id, peer) = (paired["id"].as_str().unwrap(), paired["peer_id"].as_str().unwrap());
+        let dev = Identity { peer_id: peer.into(), role: "pending".into() };
+        r.handle_ws_open(2, &dev, t);
+        let resp = r.handle_http(&admin("POST", &format!("/api/pairing/{id}/reject")), t);
+        assert_eq!((resp.status, body(&resp)), (200, json!({"status": "ok"})));
+        assert!(outputs(&mut r).contains(&RegistryOutput::Close { conn: 2, code: 4003, reason: "not authorized" }));
+        for op in ["approve", "reject"] {
+            let resp = r.handle_http(&admin("POST", &format!("/api/pairing/{id}/{op}")), t);
+            assert_eq!((resp.status, body(&resp)), (404, json!({"error": "not found or not pending"})), "{op}");
+        }
+        let resp = r.handle_http(&admin("POST", "/api/pairing/nope/approve"), t);
+        assert_eq!((resp.status, body(&resp)), (404, json!({"error": "not found or not pending"})));
+        let dt = paired["device_token"].as_str().unwrap();
+        assert_eq!(device_token_exchange(&mut r, dt, t).status, 401);
+    }
+
+    #[test]
+    fn an_api_key_wins_over_a_device_token() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let paired = pair_device(&mut r, "pi", t);
+        let dt = paired["device_token"].as_str().unwrap();
+        let both = ApiRequest { api_key: Some("k-agent"), device_token: Some(dt), ..req("POST", "/api/token") };
+        assert_eq!(body(&r.handle_http(&both, t))["peer_id"], "alpha");
+        // A wrong key falls back to the device token, as in the original.
+        let wrong = ApiRequest { api_key: Some("nope"), device_token: Some(dt), ..req("POST", "/api/token") };
+        assert_eq!(body(&r.handle_http(&wrong, t))["peer_id"], paired["peer_id"]);
+    }
+
+    #[test]
+    fn pair_errors_have_the_compatible_bodies() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let cases: [(&str, u16, Value); 6] = [
+            (r#"{"code":"12345","agent_name":"x"}"#, 400, json!({"error": "code must be exactly 6 digits"})),
+            (r#"{"agent_name":"x"}"#, 400, json!({"error": "code must be exactly 6 digits"})),
+            (r#"{"code":"123456","agent_name":"  "}"#, 400, json!({"error": "agent_name is required"})),
+            (r#"{"code":"123456"}"#, 400, json!({"error": "agent_name is required"})),
+            (r#"{"code":"123456","agent_name":"x"}"#, 401, json!({"error": "invalid or expired pairing code"})),
+            (
+                r#"{"code":"123456","agent_name":"x"}"#,
+                429,
+                json!({"error": "too many pairing attempts, try again later"}),
+            ),
+        ];
+        for (pair_body, status, want) in cases {
+            let resp = r.handle_http(&post_json("/api/pairing/pair", pair_body), t);
+            assert_eq!((resp.status, body(&resp)), (status, want), "{pair_body}");
+        }
+        assert_eq!(metric(&mut r, "chatixia_pairings_rate_limited_total"), 1);
+    }
+
+    #[test]
+    fn pairing_is_limited_per_address_and_v6_per_slash_64() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let attempt = |r: &mut Registry, ip: &str, at: Now| {
+            let client = Some(ip.parse().unwrap());
+            let bad = ApiRequest { client, body: b"not json", ..req("POST", "/api/pairing/pair") };
+            r.handle_http(&bad, at).status
+        };
+        let statuses: Vec<u16> = (0..6).map(|_| attempt(&mut r, "10.0.0.1", t)).collect();
+        assert_eq!(statuses, [400, 400, 400, 400, 400, 429], "every attempt counts, even a malformed one");
+        assert_eq!(attempt(&mut r, "10.0.0.2", t), 400);
+        let later = Now { mono: t.mono + Duration::from_secs(12), ..t };
+        assert_eq!(attempt(&mut r, "10.0.0.1", later), 400, "one attempt back after 12 s");
+        for i in 0..5 {
+            assert_eq!(attempt(&mut r, &format!("2001:db8::{i}"), t), 400);
+        }
+        assert_eq!(attempt(&mut r, "2001:db8::ffff:1", t), 429, "same /64");
+        assert_eq!(attempt(&mut r, "2001:db8:0:1::1", t), 400, "another /64");
+    }
+
+    #[test]
+    fn code_checks_are_limited_across_all_addresses() {
+        let config = RegistryConfig {
+            pair_global_rate: Rate::per_window(3, Duration::from_secs(60)),
+            ..RegistryConfig::default()
+        };
+        let mut r = registry(config);
+        let t = now();
+        let statuses: Vec<u16> = (0..5u8)
+            .map(|i| {
+                let client = Some(IpAddr::V4(Ipv4Addr::new(10, 1, 0, i)));
+                let b = br#"{"code":"000000","agent_name":"x"}"#;
+                r.handle_http(&ApiRequest { client, body: b, ..req("POST", "/api/pairing/pair") }, t).status
+            })
+            .collect();
+        assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    }
+
+    #[test]
+    fn generate_code_needs_any_api_key_or_an_admin_jwt() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let admin_jwt = format!("Bearer {}", issuer().mint("ops", "admin", t.unix_secs()));
+        let agent_jwt = format!("Bearer {}", issuer().mint("alpha", "agent", t.unix_secs()));
+        let pending_jwt = format!("Bearer {}", issuer().mint("agent-000000", "pending", t.unix_secs()));
+        let cases: [(Option<&str>, Option<&str>, u16); 8] = [
+            (None, None, 401),
+            (Some("nope"), None, 401),
+            (Some("nope"), Some(&admin_jwt), 401),
+            (None, Some("Bearer garbage"), 401),
+            (None, Some(&agent_jwt), 403),
+            (None, Some(&pending_jwt), 403),
+            (Some("k-agent"), None, 200),
+            (None, Some(&admin_jwt), 200),
+        ];
+        for (api_key, authorization, status) in cases {
+            let before = metric(&mut r, "chatixia_pairing_codes_live");
+            let resp =
+                r.handle_http(&ApiRequest { api_key, authorization, ..req("POST", "/api/pairing/generate-code") }, t);
+            assert_eq!(resp.status, status, "{api_key:?} {authorization:?}");
+            let made = metric(&mut r, "chatixia_pairing_codes_live") - before;
+            assert_eq!(made, u64::from(status == 200), "{api_key:?} {authorization:?}");
+            if status == 200 {
+                let v = body(&resp);
+                assert_eq!(v["expires_in"], 300);
+                assert!(v["code"].as_str().unwrap().bytes().all(|b| b.is_ascii_digit()));
+            }
+        }
+    }
+
+    #[test]
+    fn every_pairing_admin_route_is_guarded_and_the_handler_does_not_run() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let pending = pair_device(&mut r, "p", t)["id"].as_str().unwrap().to_owned();
+        let approved = pair_device(&mut r, "a", t)["id"].as_str().unwrap().to_owned();
+        r.handle_http(&admin("POST", &format!("/api/pairing/{approved}/approve")), t);
+        let agent_jwt = format!("Bearer {}", issuer().mint("alpha", "agent", t.unix_secs()));
+        let routes = [
+            ("GET", "/api/pairing/pending".to_owned()),
+            ("GET", "/api/pairing/all".to_owned()),
+            ("POST", format!("/api/pairing/{pending}/approve")),
+            ("POST", format!("/api/pairing/{pending}/reject")),
+            ("POST", format!("/api/pairing/{approved}/revoke")),
+            ("DELETE", "/api/registry/agents/a".to_owned()),
+        ];
+        let creds: [(Option<&str>, Option<&str>, u16); 3] =
+            [(None, None, 401), (Some("k-agent"), None, 403), (None, Some(&agent_jwt), 403)];
+        let before = r.revisions();
+        for (method, path) in &routes {
+            for (api_key, authorization, status) in creds {
+                let resp = r.handle_http(&ApiRequest { api_key, authorization, ..req(method, path) }, t);
+                assert_eq!(resp.status, status, "{method} {path} {api_key:?}");
+                assert!(body(&resp)["error"].is_string());
+            }
+        }
+        assert_eq!(r.revisions(), before, "no handler ran");
+        // With the admin key they run (the reject finds the entry approved).
+        let statuses: Vec<u16> = routes.iter().map(|(m, p)| r.handle_http(&admin(m, p), t).status).collect();
+        assert_eq!(statuses, [200, 200, 200, 404, 200, 200]);
+    }
+
+    #[test]
+    fn websocket_events_reach_the_hub_and_its_answers_come_out() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let alpha = r.handle_ws_upgrade(&format!("token={}", issuer().mint("alpha", "agent", t.unix_secs())), t);
+        let alpha = alpha.unwrap();
+        let ops = Identity { peer_id: "ops".into(), role: "admin".into() };
+        r.handle_ws_open(1, &alpha, t);
+        r.handle_ws_open(2, &ops, t);
+        assert_eq!(r.connection_count(), 2);
+
+        r.handle_ws_binary(1, t);
+        assert_eq!(sent_to(&outputs(&mut r), 1)[0]["payload"]["code"], "invalid_frame");
+
+        let later = Now { mono: t.mono + Duration::from_secs(31), ..t };
+        r.handle_ws_activity(2, later);
+        r.handle_tick(later);
+        let mut pings = outputs(&mut r);
+        pings.sort_by_key(|o| format!("{o:?}"));
+        assert_eq!(pings, [RegistryOutput::Ping { conn: 1 }, RegistryOutput::Ping { conn: 2 }]);
+
+        r.handle_ws_text(1, &json!({"type": "ping", "peer_id": "alpha"}).to_string(), t);
+        r.handle_slow_consumer(1);
+        let outs = outputs(&mut r);
+        assert_eq!(outs[0], RegistryOutput::Close { conn: 1, code: 1008, reason: "too slow" });
+        assert_eq!(metric(&mut r, "chatixia_dropped_frames_total{reason=\"slow_consumer\"}"), 1);
+
+        r.handle_ws_closed(1);
+        assert_eq!(
+            sent_to(&outputs(&mut r), 2),
+            [json!({"type": "peer_left", "peer_id": "registry", "payload": {"peer_id": "alpha"}})]
+        );
+        assert_eq!(r.connection_count(), 1);
+    }
+
+    #[test]
+    fn what_was_saved_comes_back_and_a_damaged_file_is_named() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let paired = pair_device(&mut r, "pi", t);
+        r.handle_http(&post_json("/api/hub/tasks", r#"{"skill":"s"}"#), t);
+        let files = r.changed_since(Revisions::default());
+        let bytes = |name| files.iter().find(|d| d.file() == name).map(Dirty::encode);
+        let saved = SavedState { pairing: bytes(PAIRING_FILE), tasks: bytes(TASKS_FILE) };
+
+        let mut back = registry(RegistryConfig::default());
+        let restored = back.restore(saved, t).unwrap();
+        assert_eq!(restored, Restored { pairing_entries: Some(1), tasks: Some(1), tasks_dropped: 0 });
+        let tok = device_token_exchange(&mut back, paired["device_token"].as_str().unwrap(), t);
+        assert_eq!((tok.status, body(&tok)["role"].as_str()), (200, Some("pending")));
+        let tasks = back.handle_http(&req("GET", "/api/hub/tasks/all"), t);
+        assert_eq!(body(&tasks)[0]["skill"], "s");
+
+        let nothing = registry(RegistryConfig::default()).restore(SavedState::default(), t);
+        assert_eq!(nothing, Ok(Restored::default()));
+        let damaged = [
+            (SavedState { pairing: Some(b"{".to_vec()), ..SavedState::default() }, PAIRING_FILE, "paired devices"),
+            (SavedState { tasks: Some(b"{".to_vec()), ..SavedState::default() }, TASKS_FILE, "tasks"),
+        ];
+        for (saved, file, holds) in damaged {
+            let e = registry(RegistryConfig::default()).restore(saved, t).unwrap_err();
+            assert_eq!((e.file, e.holds), (file, holds));
+            assert!(e.reason.contains("not a valid state document"), "{}", e.reason);
+        }
+    }
+
+    #[test]
+    fn revisions_report_which_files_changed() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let saved = r.revisions();
+        r.handle_http(&req("GET", "/api/pairing/all"), t);
+        r.handle_http(&req("GET", "/healthz"), t);
+        assert_eq!(r.revisions(), saved);
+        pair_device(&mut r, "pi", t);
+        let files: Vec<&str> = r.changed_since(saved).iter().map(|d| d.file()).collect();
+        assert_eq!(files, ["pairing.json"]);
+        let saved = r.revisions();
+        r.handle_http(&post_json("/api/hub/tasks", r#"{"skill":"s"}"#), t);
+        let files: Vec<&str> = r.changed_since(saved).iter().map(|d| d.file()).collect();
+        assert_eq!(files, ["tasks.json"]);
+    }
+
+    #[test]
+    fn metrics_count_pairing() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        pair_device(&mut r, "pi", t);
+        let text = String::from_utf8(r.handle_http(&req("GET", "/metrics"), t).body).unwrap();
+        for line in [
+            "chatixia_pairing_entries{status=\"pending_approval\"} 1",
+            "chatixia_pairing_entries{status=\"approved\"} 0",
+            "chatixia_pairing_codes_live 0",
+            "chatixia_pairings_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+    }
+}
