@@ -6,6 +6,7 @@
 //! command in the README does that.
 
 pub mod jwt;
+pub mod netlab;
 pub mod sidecar;
 pub mod tls_proxy;
 pub mod ws;
