@@ -4,16 +4,19 @@
 //! # What it builds
 //!
 //! ```text
-//!                      ┌──────────── internet namespace ─────────────┐
-//!                      │ br0 203.0.113.1/24 (+ .2 .3 .4)  dead0 ─┐    │
-//!                      │  coturn, registry, probes         default│via │
-//!                      └──┬───────────┬────────────┬──────── 198.51.100.2 (nobody)
-//!        203.0.113.11 ────┘           │            │
-//!   [site 1: Public host]      203.0.113.12   203.0.113.13
-//!                              [router 2]      [router 3]      ... one router per NAT'd site
-//!                              10.2.0.1/24     10.3.0.1/24
-//!                                 │               │
-//!                              [host 10.2.0.2] [host 10.3.0.2]
+//!               ┌──────────────────── internet namespace ────────────────────┐
+//!               │ br0: 203.0.113.1/24 (coturn, registry), .2 .3 .4 (probes)  │
+//!               │ default via 198.51.100.2 dev dead0: the dead end (nobody)  │
+//!               └────┬─────────────────────┬─────────────────────┬───────────┘
+//!                    │   internet segment 203.0.113.0/24 (br0)   │
+//!       203.0.113.11 │        203.0.113.12 │ wan    203.0.113.13 │ wan
+//!          ┌─────────┴───────┐   ┌─────────┴───────┐   ┌─────────┴───────┐
+//!          │ site 1 (Public) │   │ site 2 router   │   │ site 3 router   │  …
+//!          │ host            │   │ lan 10.2.0.1/24 │   │ lan 10.3.0.1/24 │
+//!          └─────────────────┘   └─────────┬───────┘   └─────────┬───────┘
+//!                                ┌─────────┴───────┐   ┌─────────┴───────┐
+//!                                │ host 10.2.0.2   │   │ host 10.3.0.2   │
+//!                                └─────────────────┘   └─────────────────┘
 //! ```
 //!
 //! - **internet** namespace: a bridge `br0` that is the internet segment
@@ -75,6 +78,34 @@
 //! between two sites. They are kernel counters, so they do not depend on
 //! anything the program under test says. Adding a site or starting coturn
 //! rebuilds the chains and zeroes them: set the lab up first, then measure.
+//!
+//! # Rebinding
+//!
+//! [`Site::rebind`] moves a router's SNAT to a new external port range and
+//! flushes its conntrack table: every flow gets a new mapping with its
+//! next packet, and packets to the old mapping are dropped as unsolicited,
+//! as when a home router reboots or a carrier NAT times a mapping out.
+//!
+//! # Use
+//!
+//! ```no_run
+//! use chatixia_e2e::Scratch;
+//! use chatixia_e2e::netlab::{Coturn, Lab, NatKind};
+//!
+//! // No root or tools: None, and the test passes with a notice.
+//! let Some(lab) = Lab::new("pair") else { return };
+//! let (a, b) = (lab.site(NatKind::Cone), lab.site(NatKind::Cone));
+//! let turn = lab.start_coturn(Coturn::default());
+//! let dir = Scratch::new("pair");
+//! let registry = lab.start_registry(dir.path());
+//! let alpha = a.start_sidecar(&registry, dir.path(), "key-alpha", "alpha", &[]);
+//! let bravo = b.start_sidecar(&registry, dir.path(), "key-bravo", "bravo", &[]);
+//! alpha.agent().wait_connected(&["bravo"]);
+//! // Kernel counters, not the sidecars' word: direct, or through coturn?
+//! let direct = lab.direct_udp(&a, &b);
+//! let to_turn = a.counters().out.turn;
+//! eprintln!("direct {direct}, to coturn {to_turn} ({})", turn.stun_url());
+//! ```
 //!
 //! # Safety and clean-up
 //!
@@ -389,8 +420,9 @@ impl Lab {
         let unavailable = |why: String| -> Option<Lab> {
             assert!(!required, "CHATIXIA_REQUIRE_NETLAB=1 but the NAT lab cannot run: {why}");
             eprintln!(
-                "NOTICE: NAT lab test {tag:?} skipped: {why} \
-                 (scripts/netlab-deps.sh installs the tools; CHATIXIA_REQUIRE_NETLAB=1 makes this a failure)"
+                "NOTICE: NAT lab test {tag:?} skipped: {why} (the lab needs root and ip, iptables, \
+                 conntrack, turnserver, which scripts/netlab-deps.sh installs; \
+                 CHATIXIA_REQUIRE_NETLAB=1 makes this a failure)"
             );
             None
         };
@@ -402,7 +434,10 @@ impl Lab {
             Ok(tools) => tools,
             Err(missing) => return unavailable(format!("missing {}", missing.join(", "))),
         };
-        remove_stale_labs(&tools);
+        // Once per test process: parallel tests would race for the same
+        // leftovers.
+        static REMOVE_STALE: std::sync::Once = std::sync::Once::new();
+        REMOVE_STALE.call_once(|| remove_stale_labs(&tools));
 
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let prefix = format!("{NAME_PREFIX}{}n{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
@@ -1050,26 +1085,42 @@ fn delete_namespaces(tools: &Tools, namespaces: &[String]) {
     for ns in namespaces.iter().rev() {
         let mut cmd = Command::new(&tools.ip);
         cmd.args(["netns", "delete", ns]);
-        if let Err(e) = run_command(cmd, &format!("ip netns delete {ns}"), None) {
+        // Another test process may be removing the same leftovers.
+        let gone = || !Path::new(NETNS_DIR).join(ns).exists();
+        if let Err(e) = run_command(cmd, &format!("ip netns delete {ns}"), None)
+            && !gone()
+        {
             eprintln!("netlab: {e}");
         }
     }
 }
 
-/// Deletes lab namespaces whose test process is gone (killed before its
-/// labs were dropped).
+/// Deletes the namespaces and scratch directories of labs whose test
+/// process is gone (killed before its labs were dropped).
 fn remove_stale_labs(tools: &Tools) {
-    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else { return };
-    let stale: Vec<String> = entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+    let gone = |pid: &str| pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+    let names = |dir: &Path| -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()
+    };
+    // chxlab<pid>n<counter>-<role>
+    let stale: Vec<String> = names(Path::new(NETNS_DIR))
+        .into_iter()
         .filter(|name| {
-            let pid = name.strip_prefix(NAME_PREFIX).and_then(|rest| rest.split_once('n')).map(|(pid, _)| pid);
-            pid.and_then(|p| p.parse::<u32>().ok()).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            name.strip_prefix(NAME_PREFIX).and_then(|rest| rest.split_once('n')).is_some_and(|(pid, _)| gone(pid))
         })
         .collect();
     if !stale.is_empty() {
         eprintln!("netlab: removing namespaces of test processes that are gone: {}", stale.join(" "));
         delete_namespaces(tools, &stale);
+    }
+    // chatixia-e2e-netlab-<tag>-<pid>-<counter> (see Scratch::new)
+    let temp = std::env::temp_dir();
+    for name in names(&temp) {
+        let Some(rest) = name.strip_prefix("chatixia-e2e-netlab-") else { continue };
+        if rest.rsplit('-').nth(1).is_some_and(gone) {
+            let _ = std::fs::remove_dir_all(temp.join(&name));
+        }
     }
 }
 
