@@ -248,6 +248,8 @@ pub struct Coturn {
     /// Long-term credentials (`user=NAME:PASSWORD`).
     pub users: Vec<(String, String)>,
     /// TURN REST API secret (`use-auth-secret`, `static-auth-secret`).
+    /// coturn cannot mix the two methods: with a secret, `users` are left
+    /// out (and [`TurnServer::users`] is empty).
     pub secret: Option<String>,
     /// STUN/TURN port, UDP and TCP.
     pub port: u16,
@@ -605,10 +607,11 @@ impl Lab {
             // Its own database, not the system's /var/lib/turn.
             format!("userdb={}", dir.join("turndb").display()),
         ];
-        if !config.users.is_empty() {
+        let users = if config.secret.is_some() { Vec::new() } else { config.users };
+        if !users.is_empty() {
             conf.push("lt-cred-mech".into());
         }
-        conf.extend(config.users.iter().map(|(user, password)| format!("user={user}:{password}")));
+        conf.extend(users.iter().map(|(user, password)| format!("user={user}:{password}")));
         if let Some(secret) = &config.secret {
             conf.extend(["use-auth-secret".into(), format!("static-auth-secret={secret}")]);
         }
@@ -639,7 +642,7 @@ impl Lab {
             tls_port: config.tls.as_ref().map(|t| t.port),
             relay_ports: config.relay_ports,
             realm: config.realm,
-            users: config.users,
+            users,
             secret: config.secret,
         };
         {

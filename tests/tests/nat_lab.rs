@@ -299,10 +299,14 @@ fn labs_coexist_and_leave_nothing_behind() {
     names.extend(b.namespaces());
     let dir = a.dir().to_owned();
     drop((pa, pb, ra, rb));
-    a.start_coturn(Coturn::default());
+    let turn = a.start_coturn(Coturn { secret: Some("lab-rest-secret".into()), ..Coturn::default() });
+    assert!(turn.users.is_empty(), "REST credentials only");
     assert_eq!(processes_mentioning(&dir.display().to_string()).len(), 1, "coturn runs");
     drop(a);
     drop(b);
+    // A site that outlives its lab refuses to run anything.
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| site_a.command("true")));
+    assert!(refused.is_err(), "a dropped lab's site ran a command");
 
     // A test that panics halfway, with coturn and a probe running.
     let (tx, rx) = std::sync::mpsc::channel();
