@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the NAT lab of the end-to-end tests (tests/src/netlab.rs)
 # needs, with Debian's apt, when something is missing: `ip` (iproute2),
-# `iptables`, `conntrack` and coturn's `turnserver`. Idempotent: when all of
+# `iptables`, `conntrack`, coturn's `turnserver` and `sysctl` (procps, absent
+# from minimal images). Idempotent: when all of
 # them are there it returns at once, without apt or the network.
 #
 # coturn is a system service in Debian; the lab runs its own `turnserver`
@@ -17,17 +18,17 @@ set -euo pipefail
 sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # command → Debian package
-declare -A want=([ip]=iproute2 [iptables]=iptables [conntrack]=conntrack [turnserver]=coturn)
+declare -A want=([ip]=iproute2 [iptables]=iptables [conntrack]=conntrack [turnserver]=coturn [sysctl]=procps)
 
 missing=()
-for cmd in ip iptables conntrack turnserver; do
+for cmd in ip iptables conntrack turnserver sysctl; do
     # The tools live in /usr/sbin, which a non-root PATH may lack.
     if ! PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null; then
         missing+=("${want[$cmd]}")
     fi
 done
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "netlab tools present (ip, iptables, conntrack, turnserver)"
+    echo "netlab tools present (ip, iptables, conntrack, turnserver, sysctl)"
     exit 0
 fi
 
@@ -92,7 +93,7 @@ if [[ " ${missing[*]} " == *" coturn "* ]]; then
     fi
 fi
 
-for cmd in ip iptables conntrack turnserver; do
+for cmd in ip iptables conntrack turnserver sysctl; do
     if ! PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null; then
         echo "netlab-deps: $cmd is still missing after installing ${missing[*]}" >&2
         exit 1

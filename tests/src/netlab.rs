@@ -118,7 +118,7 @@
 //! them. Labs of test processes that no longer exist (killed with SIGKILL)
 //! are removed by the next [`Lab::new`].
 //!
-//! Needs root and `ip`, `iptables`, `conntrack` and `turnserver`
+//! Needs root and `ip`, `iptables`, `conntrack`, `sysctl` and `turnserver`
 //! (`scripts/netlab-deps.sh` installs them). Without them [`Lab::new`]
 //! returns `None` and the test passes with a notice, unless
 //! `CHATIXIA_REQUIRE_NETLAB=1` (CI), which turns that into a failure.
@@ -423,7 +423,7 @@ impl Lab {
             assert!(!required, "CHATIXIA_REQUIRE_NETLAB=1 but the NAT lab cannot run: {why}");
             eprintln!(
                 "NOTICE: NAT lab test {tag:?} skipped: {why} (the lab needs root and ip, iptables, \
-                 conntrack, turnserver, which scripts/netlab-deps.sh installs; \
+                 conntrack, sysctl, turnserver, which scripts/netlab-deps.sh installs; \
                  CHATIXIA_REQUIRE_NETLAB=1 makes this a failure)"
             );
             None
