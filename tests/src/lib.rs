@@ -6,10 +6,12 @@
 //! command in the README does that.
 
 pub mod jwt;
+pub mod netlab;
 pub mod sidecar;
 pub mod tls_proxy;
 pub mod ws;
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,16 +47,21 @@ pub fn bin_path(name: &str) -> PathBuf {
 /// binary is started through that runner, since foreign executables cannot
 /// be exec'd directly without binfmt_misc.
 pub fn bin_command(name: &str) -> Command {
-    let path = bin_path(name);
-    match std::env::var("CHATIXIA_BIN_RUNNER").ok().filter(|r| !r.is_empty()) {
-        Some(runner) => {
-            let mut parts = runner.split_whitespace();
-            let mut cmd = Command::new(parts.next().unwrap_or_default());
-            cmd.args(parts).arg(path);
-            cmd
-        }
-        None => Command::new(path),
+    bin_command_via(&[], name)
+}
+
+/// Like [`bin_command`], started through `prefix` (a program and its
+/// arguments, e.g. `ip netns exec NS`), which then runs the runner, if any,
+/// and the binary.
+pub fn bin_command_via(prefix: &[OsString], name: &str) -> Command {
+    let mut argv: Vec<OsString> = prefix.to_vec();
+    if let Some(runner) = std::env::var("CHATIXIA_BIN_RUNNER").ok().filter(|r| !r.is_empty()) {
+        argv.extend(runner.split_whitespace().map(OsString::from));
     }
+    argv.push(bin_path(name).into_os_string());
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
 }
 
 /// A fresh scratch directory under the system temp dir, removed on drop.
@@ -85,7 +92,9 @@ impl Drop for Scratch {
 pub struct Proc {
     pub child: Child,
     lines: Arc<Mutex<Vec<String>>>,
-    rx: mpsc::Receiver<String>,
+    /// In a mutex so that a `Proc` (and a [`Registry`]) can be used from
+    /// another thread, e.g. one inside a lab's network namespace.
+    rx: Mutex<mpsc::Receiver<String>>,
 }
 
 impl Proc {
@@ -93,11 +102,27 @@ impl Proc {
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn");
         let stderr = child.stderr.take().expect("stderr");
+        Self::collect(child, stderr)
+    }
+
+    /// Like [`Proc::spawn`] for programs that log to stdout: stdout and
+    /// stderr are collected as one stream of lines.
+    pub fn spawn_merged(mut cmd: Command) -> Proc {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        cmd.stdin(Stdio::null()).stdout(writer.try_clone().expect("pipe clone")).stderr(writer);
+        let child = cmd.spawn().expect("spawn");
+        // `cmd` still holds our copies of the write end: without dropping
+        // them the reader would never see end of file.
+        drop(cmd);
+        Self::collect(child, reader)
+    }
+
+    fn collect(child: Child, stream: impl std::io::Read + Send + 'static) -> Proc {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let sink = lines.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
                 if std::env::var_os("CHATIXIA_E2E_ECHO").is_some() {
                     eprintln!("| {line}");
                 }
@@ -105,7 +130,7 @@ impl Proc {
                 let _ = tx.send(line);
             }
         });
-        Proc { child, lines, rx }
+        Proc { child, lines, rx: Mutex::new(rx) }
     }
 
     /// Waits for a stderr line containing `needle` and returns it.
@@ -113,10 +138,24 @@ impl Proc {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
+            match self.rx.lock().unwrap().recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => continue,
                 Err(_) => panic!("no line containing {needle:?} within {TIMEOUT:?}; log:\n{}", self.log()),
+            }
+        }
+    }
+
+    /// Waits until a line containing each of `needles` has come, in any
+    /// order.
+    pub fn wait_for_lines(&self, needles: &[&str]) {
+        let mut missing: Vec<&str> = needles.to_vec();
+        let deadline = Instant::now() + TIMEOUT;
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.lock().unwrap().recv_timeout(left) {
+                Ok(line) => missing.retain(|n| !line.contains(n)),
+                Err(_) => panic!("no lines containing {missing:?} within {TIMEOUT:?}; log:\n{}", self.log()),
             }
         }
     }
@@ -144,7 +183,7 @@ impl Proc {
         // The reader thread drops its sender at end of file.
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
+            match self.rx.lock().unwrap().recv_timeout(left) {
                 Ok(_) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break code,
                 Err(mpsc::RecvTimeoutError::Timeout) => panic!("stderr still open after exit"),
@@ -168,6 +207,10 @@ pub struct Registry {
     pub dir: PathBuf,
     pub extra_args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Program and arguments the registry is started through (empty: none).
+    prefix: Vec<OsString>,
+    /// Its `--bind` address.
+    bind: String,
 }
 
 /// The keys most tests use: three agents and an admin.
@@ -184,15 +227,15 @@ impl Registry {
     /// The command that starts a registry in `dir` on an ephemeral port of
     /// 127.0.0.1, for tests that watch a start fail.
     pub fn command(dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut cmd = Self::base_command(dir, 0);
+        let mut cmd = Self::base_command(&[], "127.0.0.1", dir, 0);
         cmd.args(extra_args).envs(env.iter().copied());
         cmd
     }
 
-    fn base_command(dir: &Path, port: u16) -> Command {
-        let mut cmd = bin_command("chatixia-registry");
+    fn base_command(prefix: &[OsString], bind: &str, dir: &Path, port: u16) -> Command {
+        let mut cmd = bin_command_via(prefix, "chatixia-registry");
         cmd.current_dir(dir)
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--bind", bind, "--port", &port.to_string()])
             .env_remove("SIGNALING_SECRET")
             .env("RUST_LOG", std::env::var("CHATIXIA_E2E_LOG").unwrap_or_else(|_| "info".into()));
         cmd
@@ -201,9 +244,23 @@ impl Registry {
     /// Starts a registry in `dir` (which holds `api_keys.json` if the test
     /// wrote one) on an ephemeral port.
     pub fn start_in(dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Registry {
+        Self::start_via(&[], "127.0.0.1", dir, extra_args, env)
+    }
+
+    /// Like [`Registry::start_in`], started through `prefix` (e.g. `ip netns
+    /// exec NS`) and listening on `bind`. [`Registry::http`] and the
+    /// helpers built on it still name 127.0.0.1, so with a prefix they work
+    /// only from inside that network namespace.
+    pub fn start_via(
+        prefix: &[OsString],
+        bind: &str,
+        dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Registry {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Self::launch(dir.to_owned(), 0, extra_args, env)
+        Self::launch(prefix.to_vec(), bind.to_owned(), dir.to_owned(), 0, extra_args, env)
     }
 
     /// Writes [`DEFAULT_KEYS`] into `dir` and starts a registry there.
@@ -219,8 +276,15 @@ impl Registry {
         Self::start_in(dir, &[], &[("SIGNALING_SECRET", TEST_SECRET)])
     }
 
-    fn launch(dir: PathBuf, port: u16, extra_args: Vec<String>, env: Vec<(String, String)>) -> Registry {
-        let mut cmd = Self::base_command(&dir, port);
+    fn launch(
+        prefix: Vec<OsString>,
+        bind: String,
+        dir: PathBuf,
+        port: u16,
+        extra_args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Registry {
+        let mut cmd = Self::base_command(&prefix, &bind, &dir, port);
         cmd.args(&extra_args);
         for (k, v) in &env {
             cmd.env(k, v);
@@ -228,7 +292,7 @@ impl Registry {
         let proc = Proc::spawn(cmd);
         let line = proc.wait_for_line("listening on http://");
         let port = parse_port(&line).unwrap_or_else(|| panic!("no port in {line:?}"));
-        Registry { proc, port, dir, extra_args, env }
+        Registry { proc, port, dir, extra_args, env, prefix, bind }
     }
 
     /// Stops the process (SIGKILL) and starts it again on the same port with
@@ -236,7 +300,14 @@ impl Registry {
     pub fn restart(&mut self) {
         let _ = self.proc.child.kill();
         let _ = self.proc.child.wait();
-        let fresh = Self::launch(self.dir.clone(), self.port, self.extra_args.clone(), self.env.clone());
+        let fresh = Self::launch(
+            self.prefix.clone(),
+            self.bind.clone(),
+            self.dir.clone(),
+            self.port,
+            self.extra_args.clone(),
+            self.env.clone(),
+        );
         *self = fresh;
     }
 

@@ -2,10 +2,11 @@
 //! `chatixia-sidecar` at a test registry on loopback, and a blocking IPC
 //! client that plays the agent.
 
-use crate::{Proc, Registry, TIMEOUT, bin_command};
+use crate::{Proc, Registry, TIMEOUT, bin_command_via};
 use serde_json::{Value, json};
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,8 @@ pub struct Sidecar {
     api_key: String,
     registry_port: u16,
     env: Vec<(String, String)>,
+    /// Program and arguments the sidecar is started through (empty: none).
+    prefix: Vec<OsString>,
 }
 
 impl Sidecar {
@@ -32,9 +35,24 @@ impl Sidecar {
 
     /// Like [`Sidecar::start`] with extra environment variables.
     pub fn start_with(port: u16, dir: &Path, api_key: &str, peer_id: &str, env: &[(&str, &str)]) -> Sidecar {
+        Self::start_via(&[], port, dir, api_key, peer_id, env)
+    }
+
+    /// Like [`Sidecar::start_with`], started through `prefix` (e.g. `ip
+    /// netns exec NS`). `env` is applied last, so it can replace the
+    /// loopback defaults (`TOKEN_URL`, `SIGNALING_URL`, `ICE_*`,
+    /// `STUN_URLS`).
+    pub fn start_via(
+        prefix: &[OsString],
+        port: u16,
+        dir: &Path,
+        api_key: &str,
+        peer_id: &str,
+        env: &[(&str, &str)],
+    ) -> Sidecar {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let socket = dir.join(format!("{peer_id}.sock"));
-        let proc = Self::launch(port, dir, api_key, &socket, &env);
+        let proc = Self::launch(prefix, port, dir, api_key, &socket, &env);
         Sidecar {
             proc,
             peer_id: peer_id.to_owned(),
@@ -43,11 +61,19 @@ impl Sidecar {
             api_key: api_key.to_owned(),
             registry_port: port,
             env,
+            prefix: prefix.to_vec(),
         }
     }
 
-    fn launch(port: u16, dir: &Path, api_key: &str, socket: &Path, env: &[(String, String)]) -> Proc {
-        let mut cmd = bin_command("chatixia-sidecar");
+    fn launch(
+        prefix: &[OsString],
+        port: u16,
+        dir: &Path,
+        api_key: &str,
+        socket: &Path,
+        env: &[(String, String)],
+    ) -> Proc {
+        let mut cmd = bin_command_via(prefix, "chatixia-sidecar");
         cmd.current_dir(dir)
             .env("TOKEN_URL", format!("http://127.0.0.1:{port}/api/token"))
             .env("SIGNALING_URL", format!("ws://127.0.0.1:{port}/ws"))
@@ -79,7 +105,7 @@ impl Sidecar {
     /// kill -9, then a fresh process with the same identity and socket.
     pub fn restart(&mut self) {
         self.kill();
-        self.proc = Self::launch(self.registry_port, &self.dir, &self.api_key, &self.socket, &self.env);
+        self.proc = Self::launch(&self.prefix, self.registry_port, &self.dir, &self.api_key, &self.socket, &self.env);
     }
 
     /// kill -9: no goodbye to anyone.
