@@ -1,9 +1,10 @@
 //! Newline-delimited JSON between an agent and its sidecar (docs/PROTOCOL.md §6).
 //! Every line is `{"type": …, "payload": …}`.
 
-use crate::mesh::MeshMessage;
+use crate::mesh::{MeshMessage, PathReport};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// Commands an agent sends. Parsed by [`Command::parse`], which names the
 /// problem precisely so the sidecar can answer with an `error` event.
@@ -127,6 +128,9 @@ pub struct StatusEvent {
     pub registry: String,
     pub peers: Vec<String>,
     pub version: String,
+    /// The path of each open link (new; absent when there is none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub paths: BTreeMap<String, PathReport>,
 }
 
 #[cfg(test)]

@@ -13,6 +13,24 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 65_000;
 /// No setting raises the message limit beyond this (docs/PROTOCOL.md).
 pub const MAX_MESSAGE_BYTES_CEILING: usize = 256 * 1024;
 
+/// The path one link's data takes, as a sidecar reports it in IPC `status`
+/// and in `mesh_status` (docs/PROTOCOL.md §5.4). New: old peers ignore it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathReport {
+    /// Our end: `host` (any of our addresses) or `relay` (a TURN server's).
+    pub local: String,
+    /// The remote end: `host`, `srflx`, `prflx` or `relay`.
+    pub remote: String,
+    /// How we reach our end: `udp`, or for a relay `udp`, `tcp` or `tls` to
+    /// the TURN server.
+    pub local_transport: String,
+    /// How the remote end is reached from ours: always `udp` (ICE).
+    pub remote_transport: String,
+    /// Round trip of the last ICE check on the pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+}
+
 /// One text DataChannel message. Defaults are filled and all five keys are
 /// always emitted; unknown keys are dropped; a missing or non-string `type`
 /// is rejected.

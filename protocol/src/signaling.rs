@@ -1,10 +1,12 @@
 //! The signaling envelope relayed by the registry (docs/PROTOCOL.md §4.2, compatible) and
 //! the payloads the registry itself produces (docs/PROTOCOL.md §4, fixed).
 
+use crate::mesh::PathReport;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 /// `peer_id` the registry uses for frames it originates.
 pub const REGISTRY_PEER_ID: &str = "registry";
@@ -120,10 +122,13 @@ pub struct MeshHealthPayload {
 }
 
 /// Sent by a sidecar: the peers it has an open DataChannel with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MeshStatusPayload {
     #[serde(default)]
     pub peers: Vec<String>,
+    /// The path of each open link (new: old registries ignore it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub paths: BTreeMap<String, PathReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,10 +13,11 @@ use chatixia_settings::{ParseError, Setting, Settings};
 use chatixia_sidecar::core::ipc::IpcConfig;
 use chatixia_sidecar::core::mesh::MeshConfig;
 use chatixia_sidecar::core::peer::LinkConfig;
+use chatixia_sidecar::core::turn::TurnServer;
 use chatixia_sidecar::core::urls;
 use chatixia_sidecar::shell::interfaces::local_host_addresses;
-use chatixia_sidecar::shell::signaling::{Credential, SignalingConfig};
-use chatixia_sidecar::shell::{self, ShellConfig, pair, tls};
+use chatixia_sidecar::shell::signaling::{Credential, SignalingConfig, ice_config_url};
+use chatixia_sidecar::shell::{self, ShellConfig, TurnSource, pair, tls};
 
 const SETTINGS: &[Setting] = &[
     Setting::value("API_KEY", None, "API key exchanged for a signaling token"),
@@ -43,11 +44,15 @@ const SETTINGS: &[Setting] = &[
         Some("stun:stun.l.google.com:19302"),
         "comma-separated stun: URLs for server-reflexive candidates (empty: none)",
     ),
-    Setting::value("TURN_URL", None, "TURN server (not supported by this WebRTC stack)"),
-    Setting::value("TURN_SECRET", None, "TURN REST secret"),
-    Setting::value("TURN_USERNAME", None, "TURN username"),
+    Setting::value(
+        "TURN_URL",
+        None,
+        "comma-separated turn:host[:port][?transport=udp|tcp] / turns:host[:port] URLs [default: the registry's]",
+    ),
+    Setting::value("TURN_SECRET", None, "coturn REST secret: credentials for TURN_URL are made from it"),
+    Setting::value("TURN_USERNAME", None, "TURN username (with TURN_PASSWORD)"),
     Setting::value("TURN_PASSWORD", None, "TURN password"),
-    Setting::value("ICE_TRANSPORT_POLICY", Some("all"), "all, or relay (needs TURN)"),
+    Setting::value("ICE_TRANSPORT_POLICY", Some("all"), "all, or relay (relayed candidates only)"),
     Setting::value("ICE_HOST_ADDRESSES", None, "comma-separated local addresses for host candidates [default: all]"),
     Setting::switch("ICE_ALLOW_LOOPBACK", "offer loopback host candidates (tests on one machine)"),
     Setting::value("STATE_DIR", None, "state directory [default: $STATE_DIRECTORY or ./chatixia-state]"),
@@ -240,29 +245,68 @@ fn configure(settings: &Settings) -> Result<ShellConfig, String> {
             stun_servers.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
         );
     }
-    let relay = settings.get("ICE_TRANSPORT_POLICY").is_some_and(|p| p.eq_ignore_ascii_case("relay"));
-    if settings.get("TURN_URL").is_some() || relay {
-        log::warn!(
-            "TURN relay is not supported by the WebRTC stack (str0m has no TURN client); TURN_* settings are \
-             ignored{}",
-            if relay { " and ICE_TRANSPORT_POLICY=relay cannot be honoured: using direct candidates" } else { "" }
-        );
+    let relay_only = match settings.get("ICE_TRANSPORT_POLICY").map(str::to_ascii_lowercase).as_deref() {
+        None | Some("all") => false,
+        Some("relay") => true,
+        Some(other) => return Err(format!("ICE_TRANSPORT_POLICY: {other:?} is neither all nor relay")),
+    };
+    let turn = turn_source(settings)?;
+    match &turn {
+        TurnSource::Registry => log::info!("TURN servers: those the registry offers (GET /api/config)"),
+        TurnSource::Static(servers) => {
+            log::info!("TURN servers: {}", servers.iter().map(|s| s.url.to_string()).collect::<Vec<_>>().join(", "))
+        }
+        TurnSource::Secret { urls, .. } => log::info!(
+            "TURN servers, with credentials from TURN_SECRET: {}",
+            urls.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", ")
+        ),
     }
+    if relay_only {
+        log::info!("ICE_TRANSPORT_POLICY=relay: links use relayed candidates only");
+    }
+    let ice_config_url = matches!(turn, TurnSource::Registry).then(|| ice_config_url(token_url));
 
     let link = LinkConfig { max_message_bytes, ..LinkConfig::default() };
     Ok(ShellConfig {
         ipc_socket,
         host_addresses,
         stun_servers,
-        mesh: MeshConfig { link, ..MeshConfig::default() },
+        mesh: MeshConfig { link, relay_only, ..MeshConfig::default() },
         ipc: IpcConfig::default(),
         signaling: SignalingConfig {
             token_url: token_url.to_owned(),
             signaling_url: signaling_url.to_owned(),
             credential,
             tls,
+            ice_config_url,
         },
+        turn,
+        ca_file: settings.get("REGISTRY_CA_FILE").map(PathBuf::from),
     })
+}
+
+/// `TURN_URL` with `TURN_USERNAME` and `TURN_PASSWORD`, or with
+/// `TURN_SECRET`; without `TURN_URL`, the registry's ICE configuration.
+fn turn_source(settings: &Settings) -> Result<TurnSource, String> {
+    let Some(list) = settings.get("TURN_URL") else {
+        if settings.get("TURN_SECRET").is_some() || settings.get("TURN_USERNAME").is_some() {
+            log::warn!("TURN credentials without TURN_URL are ignored");
+        }
+        return Ok(TurnSource::Registry);
+    };
+    let urls = urls::parse_turn_urls(list);
+    if urls.is_empty() {
+        return Err(format!("TURN_URL: no usable turn: or turns: URL in {list:?}"));
+    }
+    match (settings.get("TURN_USERNAME"), settings.get("TURN_PASSWORD"), settings.get("TURN_SECRET")) {
+        (Some(username), Some(password), _) => Ok(TurnSource::Static(
+            urls.into_iter()
+                .map(|url| TurnServer { url, username: username.to_owned(), password: password.to_owned() })
+                .collect(),
+        )),
+        (_, _, Some(secret)) => Ok(TurnSource::Secret { urls, secret: secret.to_owned() }),
+        _ => Err("TURN_URL needs TURN_USERNAME and TURN_PASSWORD, or TURN_SECRET".into()),
+    }
 }
 
 /// API key first (the registry prefers it too), then a device token from the

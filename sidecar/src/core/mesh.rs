@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chatixia_protocol::ipc::{Command, ErrorEvent, Event, StatusEvent, error_codes};
-use chatixia_protocol::mesh::MeshMessage;
+use chatixia_protocol::mesh::{MeshMessage, PathReport};
 use chatixia_protocol::signaling::{
     Envelope, IceCandidatePayload, MeshStatusPayload, PeerLeftPayload, PeerListPayload, RegisterPayload, SdpPayload,
     types,
@@ -24,7 +24,8 @@ use serde_json::Value;
 use chatixia_settings::text::clip;
 
 use super::ipc::AgentId;
-use super::peer::{DtlsIdentity, LinkConfig, LinkError, LinkOutput, PeerLink, SendError};
+use super::peer::{DtlsIdentity, LinkConfig, LinkError, LinkOutput, PathKind, PeerLink, SendError};
+use super::urls::TurnTransport;
 /// Identifies one connection instance to a peer.
 pub type ConnId = u64;
 
@@ -45,6 +46,8 @@ const MAX_LISTED: usize = 4096;
 /// Server-reflexive candidates given to new links; the oldest goes first (a
 /// NAT mapping that changed).
 const MAX_SRFLX: usize = 4;
+/// Relayed candidates given to new links (one per TURN server).
+const MAX_RELAYED: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegistryState {
@@ -79,6 +82,8 @@ pub struct MeshConfig {
     pub version: String,
     /// Seed of the jitter of re-offer delays; tests fix it for determinism.
     pub seed: u64,
+    /// Links use relayed candidates only (`ICE_TRANSPORT_POLICY=relay`).
+    pub relay_only: bool,
 }
 
 impl Default for MeshConfig {
@@ -90,6 +95,7 @@ impl Default for MeshConfig {
             reoffer_max: Duration::from_secs(30),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             seed: 0x9e37_79b9_7f4a_7c15,
+            relay_only: false,
         }
     }
 }
@@ -104,6 +110,19 @@ pub enum MeshOutput {
     /// Deliver an event to one agent (`Some`: the reply to its command) or to
     /// all of them (`None`).
     Event { to: Option<AgentId>, event: Event },
+    /// A link learned a remote address it may check or hear from; relays
+    /// must permit it.
+    RemoteAddress(SocketAddr),
+}
+
+/// A candidate of ours that is not a host address, trickled to links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trickled {
+    /// A server-reflexive address and the host candidate it maps.
+    Srflx { addr: SocketAddr, base: SocketAddr },
+    /// A relayed address on a TURN server, the local address we reach it
+    /// from, and how.
+    Relay { relayed: SocketAddr, local: SocketAddr, transport: TurnTransport },
 }
 
 struct Conn {
@@ -120,6 +139,8 @@ struct Conn {
     reported_end: bool,
     /// Inputs fed since the last poll (see [`Mesh::defer_pump`]).
     unpolled: usize,
+    /// The path last logged: local kind, remote kind, local transport.
+    path: Option<(String, String, String)>,
 }
 
 #[derive(Default)]
@@ -137,8 +158,9 @@ pub struct Mesh {
     peer_id: Option<String>,
     registry: RegistryState,
     local_candidates: Vec<SocketAddr>,
-    /// Server-reflexive candidates as (address, base), from STUN.
-    srflx_candidates: VecDeque<(SocketAddr, SocketAddr)>,
+    /// Server-reflexive and relayed candidates, for links still connecting
+    /// and links made later.
+    trickled: VecDeque<Trickled>,
     conns: Vec<Conn>,
     /// Some connection has `unpolled` set.
     unpolled: bool,
@@ -149,7 +171,9 @@ pub struct Mesh {
     pending_connects: Vec<(AgentId, String)>,
     next_conn: ConnId,
     status_at: Instant,
-    last_status: Option<Vec<String>>,
+    /// The open peers and their paths (without round trips) last reported,
+    /// as one comparable text.
+    last_status: Option<String>,
     outputs: VecDeque<MeshOutput>,
     rng: u64,
     last_now: Instant,
@@ -165,7 +189,7 @@ impl Mesh {
             peer_id: None,
             registry: RegistryState::Down,
             local_candidates: Vec::new(),
-            srflx_candidates: VecDeque::new(),
+            trickled: VecDeque::new(),
             conns: Vec::new(),
             peers: BTreeMap::new(),
             listed: BTreeSet::new(),
@@ -197,18 +221,54 @@ impl Mesh {
     /// get it right after their offer or answer. Open links need no more
     /// candidates. Host candidates never wait for this.
     pub fn add_srflx_candidate(&mut self, addr: SocketAddr, base: SocketAddr, now: Instant) {
-        self.touch(now);
-        if self.local_candidates.contains(&addr) || self.srflx_candidates.contains(&(addr, base)) {
+        if self.local_candidates.contains(&addr) || self.config.relay_only {
             return;
         }
-        if self.srflx_candidates.len() == MAX_SRFLX {
-            self.srflx_candidates.pop_front();
+        self.add_trickled(Trickled::Srflx { addr, base }, MAX_SRFLX, now);
+    }
+
+    /// A relayed address allocated on a TURN server, reached from `local`;
+    /// given to links like a server-reflexive candidate.
+    pub fn add_relay_candidate(
+        &mut self,
+        relayed: SocketAddr,
+        local: SocketAddr,
+        transport: TurnTransport,
+        now: Instant,
+    ) {
+        self.add_trickled(Trickled::Relay { relayed, local, transport }, MAX_RELAYED, now);
+    }
+
+    /// A relayed address that is gone: links stop using it.
+    pub fn remove_relay_candidate(&mut self, relayed: SocketAddr) {
+        self.trickled.retain(|t| !matches!(t, Trickled::Relay { relayed: r, .. } if *r == relayed));
+        for c in &mut self.conns {
+            c.link.remove_local_candidate(relayed, PathKind::Relay);
         }
-        self.srflx_candidates.push_back((addr, base));
+        self.unpolled = true;
+        for c in &mut self.conns {
+            c.unpolled += 1;
+        }
+    }
+
+    /// Remembers a candidate for later links (at most `cap` of its kind, the
+    /// oldest going first) and trickles it to links still connecting.
+    fn add_trickled(&mut self, cand: Trickled, cap: usize, now: Instant) {
+        self.touch(now);
+        if self.trickled.contains(&cand) {
+            return;
+        }
+        let same_kind = |t: &Trickled| std::mem::discriminant(t) == std::mem::discriminant(&cand);
+        if self.trickled.iter().filter(|t| same_kind(t)).count() >= cap
+            && let Some(oldest) = self.trickled.iter().position(same_kind)
+        {
+            self.trickled.remove(oldest);
+        }
+        self.trickled.push_back(cand);
         for idx in 0..self.conns.len() {
             let c = &self.conns[idx];
             if self.is_current(c) && !c.opened && !c.reported_end && c.link.is_alive() {
-                self.trickle_srflx(idx, addr, base);
+                self.trickle(idx, cand);
                 self.pump(idx, now);
             }
         }
@@ -439,6 +499,7 @@ impl Mesh {
                     registry: self.registry.as_str().to_owned(),
                     peers: self.open_peers(),
                     version: self.config.version.clone(),
+                    paths: self.paths(),
                 };
                 self.reply(from, Event::Status(status));
             }
@@ -531,7 +592,7 @@ impl Mesh {
             log::warn!("refusing the offer of {peer}: {} connections already", self.conns.len());
             return;
         }
-        let (link, answer) = match PeerLink::new_answerer(sdp, &self.local_candidates, &self.config.link, now) {
+        let (link, answer) = match PeerLink::new_answerer(sdp, self.host_candidates(), &self.config.link, now) {
             Ok(pair) => pair,
             Err(e) => {
                 log::warn!("cannot answer the offer of {peer}: {e}");
@@ -581,7 +642,7 @@ impl Mesh {
             log::warn!("not offering to {peer}: {} connections already", self.conns.len());
             return;
         }
-        let (link, offer) = match PeerLink::new_offerer(&self.local_candidates, &self.config.link, now) {
+        let (link, offer) = match PeerLink::new_offerer(self.host_candidates(), &self.config.link, now) {
             Ok(pair) => pair,
             Err(e) => {
                 log::warn!("cannot make an offer for {peer}: {e}");
@@ -599,7 +660,7 @@ impl Mesh {
         let id = self.add_conn(peer, link, kind == types::OFFER, now);
         self.send_sdp(kind, peer, sdp, id);
         if let Some(idx) = self.index(id) {
-            self.trickle_all_srflx(idx);
+            self.trickle_all(idx);
             self.pump(idx, now);
         }
     }
@@ -621,25 +682,37 @@ impl Mesh {
         }
     }
 
-    /// Gives a new link every known server-reflexive candidate, after its
-    /// SDP went out (the remote must know the link before its candidates).
-    fn trickle_all_srflx(&mut self, idx: usize) {
-        let known: Vec<(SocketAddr, SocketAddr)> = self.srflx_candidates.iter().copied().collect();
-        for (addr, base) in known {
-            self.trickle_srflx(idx, addr, base);
+    /// The host candidates new links offer: none when only relayed ones may
+    /// be used.
+    fn host_candidates(&self) -> &[SocketAddr] {
+        if self.config.relay_only { &[] } else { &self.local_candidates }
+    }
+
+    /// Gives a new link every known server-reflexive and relayed candidate,
+    /// after its SDP went out (the remote must know the link before its
+    /// candidates).
+    fn trickle_all(&mut self, idx: usize) {
+        let known: Vec<Trickled> = self.trickled.iter().copied().collect();
+        for cand in known {
+            self.trickle(idx, cand);
         }
     }
 
-    /// Adds one server-reflexive candidate to a link and trickles it. str0m
-    /// may refuse it (e.g. redundant with a candidate it has); that is fine.
-    fn trickle_srflx(&mut self, idx: usize, addr: SocketAddr, base: SocketAddr) {
+    /// Adds one candidate to a link and trickles it. str0m may refuse it
+    /// (e.g. redundant with a candidate it has); that is fine.
+    fn trickle(&mut self, idx: usize, cand: Trickled) {
         let peer = self.conns[idx].peer.clone();
-        match self.conns[idx].link.add_local_srflx_candidate(addr, base) {
+        let link = &mut self.conns[idx].link;
+        let (added, what) = match cand {
+            Trickled::Srflx { addr, base } => (link.add_local_srflx_candidate(addr, base), addr),
+            Trickled::Relay { relayed, local, .. } => (link.add_local_relayed_candidate(relayed, local), relayed),
+        };
+        match added {
             Some(payload) => {
-                log::debug!("trickling server-reflexive candidate {addr} to {peer}");
+                log::debug!("trickling candidate {what} to {peer}");
                 self.signal(types::ICE_CANDIDATE, Some(&peer), serde_json::to_value(payload).unwrap_or(Value::Null));
             }
-            None => log::debug!("server-reflexive candidate {addr} (base {base}) not used for {peer}"),
+            None => log::debug!("candidate {what} not used for {peer}"),
         }
     }
 
@@ -649,22 +722,82 @@ impl Mesh {
         self.signal(types::REGISTER, None, serde_json::to_value(payload).unwrap_or(Value::Null));
     }
 
-    /// Sends `mesh_status` when the open set differs from the last one sent.
+    /// Sends `mesh_status` when the open set or a path differs from the last
+    /// one sent (round trips alone do not count).
     fn maybe_send_status(&mut self, now: Instant) {
         if self.registry != RegistryState::Connected {
             return;
         }
         let peers = self.open_peers();
-        if self.last_status.as_ref() == Some(&peers) {
+        let paths = self.paths();
+        let mut shape = peers.join(",");
+        for (peer, r) in &paths {
+            shape.push_str(&format!(";{peer}={}/{}>{}", r.local, r.local_transport, r.remote));
+        }
+        if self.last_status.as_ref() == Some(&shape) {
             return;
         }
-        self.signal(
-            types::MESH_STATUS,
-            None,
-            serde_json::to_value(MeshStatusPayload { peers: peers.clone() }).unwrap_or(Value::Null),
-        );
-        self.last_status = Some(peers);
+        let payload = MeshStatusPayload { peers, paths };
+        self.signal(types::MESH_STATUS, None, serde_json::to_value(payload).unwrap_or(Value::Null));
+        self.last_status = Some(shape);
         self.status_at = now + self.config.status_interval;
+    }
+
+    /// The path of every open link.
+    fn paths(&self) -> BTreeMap<String, PathReport> {
+        let mut out = BTreeMap::new();
+        for c in &self.conns {
+            if self.is_current(c)
+                && c.opened
+                && c.link.is_open()
+                && let Some(report) = self.path_report(c)
+            {
+                out.insert(c.peer.clone(), report);
+            }
+        }
+        out
+    }
+
+    fn path_report(&self, c: &Conn) -> Option<PathReport> {
+        let path = c.link.path()?;
+        let relay = self.trickled.iter().find_map(|t| match t {
+            Trickled::Relay { relayed, transport, .. } if *relayed == path.local => Some(*transport),
+            _ => None,
+        });
+        let (local, local_transport) = match relay {
+            Some(transport) => (PathKind::Relay, transport.as_str()),
+            None => (PathKind::Host, "udp"),
+        };
+        Some(PathReport {
+            local: local.as_str().to_owned(),
+            remote: path.remote_kind.as_str().to_owned(),
+            local_transport: local_transport.to_owned(),
+            remote_transport: "udp".to_owned(),
+            rtt_ms: path.rtt.map(|d| d.as_secs_f64() * 1000.0),
+        })
+    }
+
+    /// Logs a link's path when its kind changes, and reports it.
+    fn on_path(&mut self, idx: usize, now: Instant) {
+        let Some(report) = self.path_report(&self.conns[idx]) else { return };
+        let Some(path) = self.conns[idx].link.path() else { return };
+        let kind = (report.local.clone(), report.remote.clone(), report.local_transport.clone());
+        let conn = &mut self.conns[idx];
+        if conn.path.as_ref() != Some(&kind) {
+            conn.path = Some(kind);
+            log::info!(
+                "path to {}: {} {} -> {} {} ({})",
+                conn.peer,
+                report.local,
+                path.local,
+                report.remote,
+                path.remote,
+                report.local_transport
+            );
+            if conn.opened {
+                self.maybe_send_status(now);
+            }
+        }
     }
 
     fn signal(&mut self, kind: &str, target: Option<&str>, payload: Value) {
@@ -782,6 +915,7 @@ impl Mesh {
             opened: false,
             reported_end: false,
             unpolled: 0,
+            path: None,
         });
         self.peers.entry(peer.to_owned()).or_default().current = Some(id);
         id
@@ -799,6 +933,8 @@ impl Mesh {
                     return;
                 }
                 LinkOutput::Open => self.on_open(idx, now),
+                LinkOutput::RemoteAddress(addr) => self.outputs.push_back(MeshOutput::RemoteAddress(addr)),
+                LinkOutput::PathChanged => self.on_path(idx, now),
                 LinkOutput::Message(text) => self.on_message(idx, &text),
                 LinkOutput::Closed => self.on_closed(idx, now),
             }
@@ -1026,14 +1162,17 @@ mod tests {
             Mesh::poll_timeout(self)
         }
         fn poll_sim_output(&mut self) -> Option<SimOutput> {
-            self.poll_output().map(|out| match out {
-                MeshOutput::Transmit { source, destination, contents } => {
-                    assert_eq!(source, self.local_candidates[0], "sent from a foreign address");
-                    SimOutput::Transmit { destination, contents }
-                }
-                MeshOutput::Signal(env) => SimOutput::Signal(env),
-                MeshOutput::Event { to, event } => SimOutput::Event { to, event },
-            })
+            loop {
+                return Some(match self.poll_output()? {
+                    MeshOutput::Transmit { source, destination, contents } => {
+                        assert_eq!(source, self.local_candidates[0], "sent from a foreign address");
+                        SimOutput::Transmit { destination, contents }
+                    }
+                    MeshOutput::Signal(env) => SimOutput::Signal(env),
+                    MeshOutput::Event { to, event } => SimOutput::Event { to, event },
+                    MeshOutput::RemoteAddress(_) => continue,
+                });
+            }
         }
     }
 

@@ -19,6 +19,7 @@ pub mod peer;
 #[cfg(test)]
 pub mod sim;
 pub mod stun;
+pub mod turn;
 pub mod urls;
 
 use std::net::SocketAddr;

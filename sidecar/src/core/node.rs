@@ -1,16 +1,18 @@
 //! The sidecar's core, seen from the shell: one object that owns the mesh
-//! of links and the STUN gatherer, demultiplexes what arrives on the UDP
-//! socket between them, and tells the shell what to send and whom to tell.
+//! of links, the STUN gatherer and the TURN allocations, demultiplexes what
+//! arrives on the UDP socket and the TURN streams between them, and tells
+//! the shell what to send and whom to tell.
 //!
-//! The shell feeds it datagrams, agent commands, signaling events, the
-//! results of name lookups and time (`handle_*`); after every call it drains
+//! The shell feeds it datagrams, stream bytes, agent commands, signaling
+//! events, TURN servers, the results of name lookups and time (`handle_*`);
+//! after every call it drains
 //! [`Node::poll_output`] and sleeps until [`Node::poll_timeout`]. Nothing in
 //! here reads a clock, touches a socket or starts a thread
 //! (docs/ARCHITECTURE.md).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chatixia_protocol::ipc::{Command, Event};
 
@@ -18,6 +20,7 @@ use super::ipc::AgentId;
 use super::mesh::{Mesh, MeshConfig, MeshOutput, RegistryState};
 use super::peer::DtlsIdentity;
 use super::stun::{self, Gatherer, GathererConfig, StunOutput};
+use super::turn::{self, RelayOutput, Relays, StreamId, TurnServer};
 use super::urls::StunServer;
 
 #[derive(Debug, Clone)]
@@ -42,27 +45,65 @@ pub enum SignalingEvent {
     Frame(String),
     /// The WebSocket is gone; a reconnect follows after a backoff.
     Down,
+    /// The registry's ICE configuration (`GET /api/config`), fetched at
+    /// wall-clock time `unix_now`, or why it could not be had.
+    IceConfig { result: Result<String, String>, unix_now: u64 },
 }
 
 /// Which name lookup an answer belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LookupId {
     StunServers,
+    TurnServers,
 }
+
+/// TURN credentials are renewed this long before they expire (or at half
+/// their life, if that is shorter).
+const RENEW_BEFORE: Duration = Duration::from_secs(3600);
+/// An ICE configuration that could not be had is asked for again after this.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
 
 /// What the core asks of its shell. Drain until `None`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeOutput {
     /// Send a datagram on the UDP socket.
-    Transmit { destination: SocketAddr, contents: Vec<u8> },
+    Transmit {
+        destination: SocketAddr,
+        contents: Vec<u8>,
+    },
     /// Send a text frame to the registry. Only produced while connected.
     Signal(String),
     /// Deliver an event to one agent (`Some`: the reply to its command) or
     /// to all of them (`None`).
-    Event { to: Option<AgentId>, event: Event },
+    Event {
+        to: Option<AgentId>,
+        event: Event,
+    },
     /// Look these names up (`host`, `port`) and answer with
     /// [`Node::handle_lookup`], one result per name, in order.
-    Lookup { id: LookupId, names: Vec<(String, u16)> },
+    Lookup {
+        id: LookupId,
+        names: Vec<(String, u16)>,
+    },
+    /// Open a TCP stream to a TURN server (TLS checked against `tls_name`
+    /// when set) and feed what it reads to [`Node::handle_stream_data`];
+    /// [`Node::handle_stream_closed`] when it closes or cannot be opened.
+    StreamOpen {
+        stream: StreamId,
+        server: SocketAddr,
+        tls_name: Option<String>,
+    },
+    /// Write to a stream, in order, queued until it is connected.
+    StreamSend {
+        stream: StreamId,
+        contents: Vec<u8>,
+    },
+    StreamClose {
+        stream: StreamId,
+    },
+    /// The TURN credentials run out soon: make new ones (`TURN_SECRET`) or
+    /// fetch the registry's ICE configuration again, and hand them in.
+    RenewTurnCredentials,
 }
 
 /// Where server-reflexive candidates come from.
@@ -75,9 +116,18 @@ struct Stun {
     lookup_failed: bool,
 }
 
+/// The TURN servers handed in, waiting for their names to be looked up.
+struct TurnSetup {
+    servers: Vec<TurnServer>,
+    looking_up: bool,
+    renew_at: Option<Instant>,
+}
+
 pub struct Node {
     mesh: Mesh,
     stun: Option<Stun>,
+    relays: Relays,
+    turn: TurnSetup,
     outputs: VecDeque<NodeOutput>,
     last_now: Instant,
 }
@@ -104,8 +154,10 @@ impl Node {
                 lookup_failed: false,
             }),
         };
+        let relays = Relays::new(hosts.clone(), now);
         mesh.set_local_candidates(hosts);
-        let mut node = Node { mesh, stun, outputs: VecDeque::new(), last_now: now };
+        let turn = TurnSetup { servers: Vec::new(), looking_up: false, renew_at: None };
+        let mut node = Node { mesh, stun, relays, turn, outputs: VecDeque::new(), last_now: now };
         node.start_stun_round(now);
         node
     }
@@ -119,12 +171,68 @@ impl Node {
     /// traffic of a link.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) {
         self.touch(now);
+        if self.relays.handle_datagram(source, bytes, now) {
+            return;
+        }
         if let Some(stun) = &mut self.stun
             && stun.gatherer.handle_datagram(source, destination, bytes)
         {
             return;
         }
         self.mesh.handle_datagram(now, source, destination, bytes);
+    }
+
+    /// Bytes read from a TURN stream.
+    pub fn handle_stream_data(&mut self, stream: StreamId, bytes: &[u8], now: Instant) {
+        self.touch(now);
+        self.relays.handle_stream_data(stream, bytes, now);
+    }
+
+    /// A TURN stream closed, or could not be opened.
+    pub fn handle_stream_closed(&mut self, stream: StreamId, now: Instant) {
+        self.touch(now);
+        self.relays.handle_stream_closed(stream, now);
+    }
+
+    /// The TURN servers to allocate on, with credentials valid for
+    /// `valid_for` (`None`: for good). They replace any given before.
+    pub fn handle_turn_servers(&mut self, servers: Vec<TurnServer>, valid_for: Option<Duration>, now: Instant) {
+        self.touch(now);
+        self.turn.renew_at = valid_for.map(|d| now + d.saturating_sub(RENEW_BEFORE.min(d / 2)));
+        self.turn.servers = servers;
+        self.start_turn_lookup(now);
+    }
+
+    /// The registry's ICE configuration (`GET /api/config`) at wall-clock
+    /// time `unix_now`: its TURN servers are used; an unusable answer is
+    /// asked for again later.
+    pub fn handle_ice_config(&mut self, text: &str, unix_now: u64, now: Instant) {
+        self.touch(now);
+        match turn::servers_from_ice_config(text) {
+            Ok((servers, expiry)) => {
+                if servers.is_empty() {
+                    log::info!("the registry offers no TURN server: links use direct paths only");
+                } else {
+                    log::info!(
+                        "TURN servers from the registry: {}",
+                        servers.iter().map(|s| s.url.to_string()).collect::<Vec<_>>().join(", ")
+                    );
+                }
+                let valid_for = expiry.map(|at| Duration::from_secs(at.saturating_sub(unix_now)));
+                self.handle_turn_servers(servers, valid_for, now);
+            }
+            Err(e) => {
+                log::warn!("the registry's ICE configuration is unusable ({e}); asking again in a minute");
+                self.turn.renew_at = Some(now + RENEW_RETRY);
+            }
+        }
+    }
+
+    /// The registry's ICE configuration could not be fetched; asked again
+    /// later.
+    pub fn handle_ice_config_failed(&mut self, now: Instant) {
+        self.touch(now);
+        self.turn.renew_at = Some(now + RENEW_RETRY);
     }
 
     /// One command of agent `from`.
@@ -141,6 +249,11 @@ impl Node {
             SignalingEvent::Connected { peer_id } => self.mesh.handle_registry_connected(&peer_id, now),
             SignalingEvent::Frame(text) => self.mesh.handle_signal(&text, now),
             SignalingEvent::Down => self.mesh.handle_registry_down(),
+            SignalingEvent::IceConfig { result: Ok(text), unix_now } => self.handle_ice_config(&text, unix_now, now),
+            SignalingEvent::IceConfig { result: Err(e), .. } => {
+                log::warn!("cannot fetch the registry's ICE configuration: {e}; asking again in a minute");
+                self.handle_ice_config_failed(now);
+            }
         }
     }
 
@@ -154,6 +267,10 @@ impl Node {
                 stun.looking_up = false;
                 let addrs = stun::pick_addresses(&stun.servers, &results);
                 stun.begin_round(addrs, now);
+            }
+            LookupId::TurnServers => {
+                self.turn.looking_up = false;
+                self.use_turn_addresses(&results, now);
             }
         }
     }
@@ -169,15 +286,23 @@ impl Node {
         {
             stun.gatherer.handle_timeout(now);
         }
+        if self.relays.poll_timeout().is_some_and(|t| t <= now) {
+            self.relays.handle_timeout(now);
+        }
+        if self.turn.renew_at.is_some_and(|t| t <= now) {
+            self.turn.renew_at = None;
+            self.outputs.push_back(NodeOutput::RenewTurnCredentials);
+        }
     }
 
     /// When [`Node::handle_timeout`] is due next (earlier is harmless).
     pub fn poll_timeout(&self) -> Instant {
-        let mesh = self.mesh.poll_timeout();
-        match self.stun.as_ref().and_then(|s| s.gatherer.poll_timeout()) {
-            Some(t) => mesh.min(t),
-            None => mesh,
-        }
+        let others = [
+            self.stun.as_ref().and_then(|s| s.gatherer.poll_timeout()),
+            self.relays.poll_timeout(),
+            self.turn.renew_at,
+        ];
+        others.into_iter().flatten().fold(self.mesh.poll_timeout(), Instant::min)
     }
 
     /// Next thing to do, if any.
@@ -190,11 +315,20 @@ impl Node {
                 self.on_stun_output(out);
                 continue;
             }
-            return self.mesh.poll_output().map(|out| match out {
-                MeshOutput::Transmit { destination, contents, .. } => NodeOutput::Transmit { destination, contents },
-                MeshOutput::Signal(env) => NodeOutput::Signal(env.to_json()),
-                MeshOutput::Event { to, event } => NodeOutput::Event { to, event },
-            });
+            if let Some(out) = self.relays.poll_output() {
+                self.on_relay_output(out);
+                continue;
+            }
+            match self.mesh.poll_output()? {
+                MeshOutput::Transmit { source, destination, contents } => {
+                    if !self.relays.send(source, destination, &contents, self.last_now) {
+                        return Some(NodeOutput::Transmit { destination, contents });
+                    }
+                }
+                MeshOutput::Signal(env) => return Some(NodeOutput::Signal(env.to_json())),
+                MeshOutput::Event { to, event } => return Some(NodeOutput::Event { to, event }),
+                MeshOutput::RemoteAddress(addr) => self.relays.permit(addr.ip(), self.last_now),
+            }
         }
     }
 
@@ -203,7 +337,9 @@ impl Node {
     pub fn shutdown(&mut self, now: Instant) {
         self.touch(now);
         self.stun = None;
+        self.turn.renew_at = None;
         self.mesh.shutdown(now);
+        self.relays.shutdown(now);
     }
 
     /// No link needs servicing any more.
@@ -228,6 +364,63 @@ impl Node {
             StunOutput::Candidate { addr, base } => self.mesh.add_srflx_candidate(addr, base, self.last_now),
             StunOutput::Resolve => self.start_stun_round(self.last_now),
         }
+    }
+
+    fn on_relay_output(&mut self, out: RelayOutput) {
+        let now = self.last_now;
+        match out {
+            RelayOutput::Transmit { destination, contents } => {
+                self.outputs.push_back(NodeOutput::Transmit { destination, contents })
+            }
+            RelayOutput::StreamOpen { stream, server, tls_name } => {
+                self.outputs.push_back(NodeOutput::StreamOpen { stream, server, tls_name })
+            }
+            RelayOutput::StreamSend { stream, contents } => {
+                self.outputs.push_back(NodeOutput::StreamSend { stream, contents })
+            }
+            RelayOutput::StreamClose { stream } => self.outputs.push_back(NodeOutput::StreamClose { stream }),
+            RelayOutput::Candidate { relayed, transport, .. } => {
+                self.mesh.add_relay_candidate(relayed, relayed, transport, now)
+            }
+            RelayOutput::CandidateGone { relayed } => self.mesh.remove_relay_candidate(relayed),
+            RelayOutput::PeerData { relayed, peer, contents } => {
+                self.mesh.handle_datagram(now, peer, relayed, &contents)
+            }
+        }
+    }
+
+    /// Asks for the TURN servers' names to be looked up; servers given as
+    /// addresses are used at once.
+    fn start_turn_lookup(&mut self, now: Instant) {
+        if self.turn.servers.iter().all(|s| s.url.literal().is_some()) {
+            self.use_turn_addresses(&[], now);
+        } else if !self.turn.looking_up {
+            self.turn.looking_up = true;
+            let names = self.turn.servers.iter().map(|s| (s.url.host.clone(), s.url.port)).collect();
+            self.outputs.push_back(NodeOutput::Lookup { id: LookupId::TurnServers, names });
+        }
+    }
+
+    /// Hands the servers with an address (one per server, of a family we
+    /// have a host candidate of) to the relays.
+    fn use_turn_addresses(&mut self, looked_up: &[Result<Vec<SocketAddr>, String>], now: Instant) {
+        let mut servers = Vec::new();
+        for (i, server) in self.turn.servers.iter().enumerate() {
+            let addrs: Vec<SocketAddr> = match (server.url.literal(), looked_up.get(i)) {
+                (Some(addr), _) => vec![addr],
+                (None, Some(Ok(addrs))) => addrs.iter().copied().map(super::canonical).collect(),
+                (None, Some(Err(e))) => {
+                    log::warn!("cannot look up TURN server {}: {e}", server.url);
+                    continue;
+                }
+                (None, None) => continue,
+            };
+            match addrs.first() {
+                Some(addr) => servers.push((server.clone(), *addr)),
+                None => log::warn!("TURN server {} has no address", server.url),
+            }
+        }
+        self.relays.set_servers(servers, now);
     }
 
     /// Starts a round of STUN requests: at once when every server is an
@@ -315,7 +508,11 @@ mod tests {
                 NodeOutput::Transmit { destination, contents } => SimOutput::Transmit { destination, contents },
                 NodeOutput::Signal(text) => SimOutput::Signal(serde_json::from_str::<Envelope>(&text).unwrap()),
                 NodeOutput::Event { to, event } => SimOutput::Event { to, event },
-                NodeOutput::Lookup { .. } => panic!("the simulated STUN server is an address: nothing to look up"),
+                NodeOutput::Lookup { .. } => panic!("the simulated servers are addresses: nothing to look up"),
+                NodeOutput::StreamOpen { .. } | NodeOutput::StreamSend { .. } | NodeOutput::StreamClose { .. } => {
+                    panic!("the simulated TURN server is reached over UDP")
+                }
+                NodeOutput::RenewTurnCredentials => panic!("the simulated TURN credentials do not expire"),
             })
         }
     }
@@ -325,11 +522,18 @@ mod tests {
     /// Nodes whose one host candidate is their simulated address, asking
     /// the simulated STUN server when `stun` is set.
     fn world(ids: &[&str], stun: bool) -> World {
-        World::new(
+        world_with(ids, stun, false, false)
+    }
+
+    /// Like [`world`], with the simulated TURN server when `turn` is set,
+    /// used for every candidate when `relay_only` is.
+    fn world_with(ids: &[&str], stun: bool, turn: bool, relay_only: bool) -> World {
+        let mut w = World::new(
             ids,
             Box::new(move |i, generation, addr, now| {
+                let seed = i as u64 + 1 + 100 * u64::from(generation);
                 let config = NodeConfig {
-                    mesh: MeshConfig { seed: i as u64 + 1 + 100 * u64::from(generation), ..MeshConfig::default() },
+                    mesh: MeshConfig { seed, relay_only, ..MeshConfig::default() },
                     stun: GathererConfig::default(),
                     stun_servers: if stun {
                         crate::core::urls::parse_stun_urls(&format!("stun:{STUN_SERVER}"))
@@ -338,9 +542,27 @@ mod tests {
                     },
                     host_candidates: vec![addr],
                 };
-                Node::new(config, now)
+                let mut node = Node::new(config, now);
+                if turn {
+                    let url = crate::core::urls::parse_turn_url(&format!("turn:{}", sim::TURN_SERVER)).unwrap();
+                    let server =
+                        TurnServer { url, username: sim::TURN_USER.into(), password: sim::TURN_PASSWORD.into() };
+                    node.handle_turn_servers(vec![server], None, now);
+                }
+                node
             }),
-        )
+        );
+        if turn {
+            w.start_turn();
+        }
+        w
+    }
+
+    /// The path `id` reports for its link to `peer`, from IPC `status`.
+    fn path(w: &mut World, id: &str, peer: &str) -> Option<chatixia_protocol::mesh::PathReport> {
+        w.command(id, Command::Status);
+        let chatixia_protocol::ipc::Event::Status(status) = w.last_reply(id) else { panic!("no status") };
+        status.paths.get(peer).cloned()
     }
 
     /// Puts every node behind a NAT of `kind` with a public address of its
@@ -376,6 +598,66 @@ mod tests {
             w.messages("alpha").len() == 1 && w.messages("bravo").len() == 1
         }));
         w.assert_alternating();
+    }
+
+    #[test]
+    fn symmetric_nats_connect_through_the_turn_relay() {
+        let ids = ["alpha", "bravo"];
+        let mut w = world_with(&ids, true, true, false);
+        behind_nats(&mut w, NatKind::Symmetric);
+        w.connect("alpha");
+        w.connect("bravo");
+        assert!(w.run_until(Duration::from_secs(10), |w| w.full_mesh(&ids)), "no link through the relay");
+        let took = w.now - w.start;
+        eprintln!("linked across two symmetric NATs through TURN after {took:?} (simulated)");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(!w.candidates_sent("alpha", "bravo", "relay").is_empty());
+        assert!(w.turn_received() > 0);
+        let (a, b) = (path(&mut w, "alpha", "bravo").unwrap(), path(&mut w, "bravo", "alpha").unwrap());
+        assert!(a.local == "relay" || a.remote == "relay", "{a:?}");
+        assert!(b.local == "relay" || b.remote == "relay", "{b:?}");
+        assert_eq!(a.local_transport, "udp");
+        // The registry hears about the relayed path too.
+        let reported = w.status_payloads.iter().rev().find(|(from, _)| from == "alpha").unwrap();
+        assert_eq!(reported.1["paths"]["bravo"]["local"], a.local.as_str());
+        let relayed_before = w.turn_received();
+        w.send("alpha", "bravo", "through", Value::Null);
+        w.send("bravo", "alpha", "the relay", Value::Null);
+        assert!(w.run_until(Duration::from_secs(1), |w| {
+            w.messages("alpha").len() == 1 && w.messages("bravo").len() == 1
+        }));
+        assert!(w.turn_received() > relayed_before, "the messages went through the relay");
+        w.assert_alternating();
+    }
+
+    #[test]
+    fn cone_nats_stay_direct_when_a_relay_is_offered() {
+        let ids = ["alpha", "bravo"];
+        let mut w = world_with(&ids, true, true, false);
+        behind_nats(&mut w, NatKind::Cone);
+        w.connect("alpha");
+        w.connect("bravo");
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&ids)));
+        // ICE prefers the direct pairs once both are checked.
+        w.run_for(Duration::from_secs(2));
+        let a = path(&mut w, "alpha", "bravo").unwrap();
+        assert_eq!((a.local.as_str(), a.remote.as_str()), ("host", "srflx"), "{a:?}");
+    }
+
+    #[test]
+    fn relay_only_links_use_relayed_candidates_only() {
+        let ids = ["alpha", "bravo"];
+        let mut w = world_with(&ids, true, true, true);
+        w.connect("alpha");
+        w.connect("bravo");
+        assert!(w.run_until(Duration::from_secs(10), |w| w.full_mesh(&ids)));
+        for (from, to, candidate) in &w.candidates {
+            assert!(candidate.contains("typ relay"), "{from} sent {to} a non-relayed candidate: {candidate}");
+        }
+        let a = path(&mut w, "alpha", "bravo").unwrap();
+        assert_eq!((a.local.as_str(), a.remote.as_str()), ("relay", "relay"), "{a:?}");
+        w.send("alpha", "bravo", "relayed", Value::Null);
+        assert!(w.run_until(Duration::from_secs(1), |w| w.messages("bravo").len() == 1));
     }
 
     #[test]

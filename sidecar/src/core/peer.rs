@@ -25,7 +25,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
+use str0m::{Candidate, CandidateKind, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
 /// Per-peer outgoing queue bound used while the SCTP send buffer is full.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 1 << 20;
@@ -59,6 +59,9 @@ const RECEIVE_MESSAGE_FLOOR: usize = 65_535;
 const QUEUE_ENTRY_OVERHEAD: usize = 32;
 /// Real SDPs are a few KiB; anything far bigger is not worth parsing.
 const MAX_SDP_BYTES: usize = 64 * 1024;
+/// How often str0m reports the round trip of the selected pair. Each report
+/// is a wake-up of the link, so rarely.
+const STATS_INTERVAL: Duration = Duration::from_secs(30);
 /// A graceful close sends its goodbye without waiting for replies, so this
 /// only bounds a close that str0m somehow never finishes.
 const CLOSE_DRAIN_LIMIT: Duration = Duration::from_secs(5);
@@ -71,8 +74,8 @@ struct SdpFacts {
     data: Option<(String, u16)>,
     /// The `a=max-message-size` of the data section, RFC 8841 defaults.
     max_message: usize,
-    /// Addresses of the `a=candidate` lines.
-    candidate_addrs: Vec<SocketAddr>,
+    /// Addresses and kinds of the `a=candidate` lines.
+    candidate_addrs: Vec<(SocketAddr, PathKind)>,
 }
 
 /// `SdpOffer` and `SdpAnswer` deref to the same SDP type, which str0m does not
@@ -97,10 +100,53 @@ macro_rules! sdp_facts {
             .ice_candidates()
             .chain(sdp.media_lines.iter().flat_map(|m| m.ice_candidates()))
             .filter(|c| c.proto() == Protocol::Udp)
-            .map(|c| c.addr())
+            .map(|c| (c.addr(), PathKind::of(c.kind())))
             .collect();
         SdpFacts { data, max_message, candidate_addrs }
     }};
+}
+
+/// What kind of candidate one end of a link's path is (the ICE candidate
+/// types, RFC 8445 §5.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    Host,
+    Srflx,
+    Prflx,
+    Relay,
+}
+
+impl PathKind {
+    fn of(kind: CandidateKind) -> PathKind {
+        match kind {
+            CandidateKind::Host => PathKind::Host,
+            CandidateKind::ServerReflexive => PathKind::Srflx,
+            CandidateKind::PeerReflexive => PathKind::Prflx,
+            CandidateKind::Relayed => PathKind::Relay,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathKind::Host => "host",
+            PathKind::Srflx => "srflx",
+            PathKind::Prflx => "prflx",
+            PathKind::Relay => "relay",
+        }
+    }
+}
+
+/// The pair of addresses a link's data goes over: the one ICE selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkPath {
+    /// Our end: a socket address of ours, or one of our relayed addresses.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// What the remote end is, from the candidates it signaled; an address
+    /// only learned from its checks is peer-reflexive.
+    pub remote_kind: PathKind,
+    /// Round trip of ICE's last check on the pair.
+    pub rtt: Option<Duration>,
 }
 
 /// Settings shared by all links of a sidecar.
@@ -188,6 +234,11 @@ pub enum LinkOutput {
     Open,
     /// One text message from the remote peer.
     Message(String),
+    /// A remote address the link may check or be reached from, learned
+    /// from the signaled candidates or a check; a relay must permit it.
+    RemoteAddress(SocketAddr),
+    /// The selected path changed (see [`PeerLink::path`]).
+    PathChanged,
     /// The link is finished: the peer went silent
     /// ([`LinkConfig::silence_timeout`]) or ICE lost it, the channel or the
     /// connection was closed by either side (a local [`PeerLink::close`]
@@ -263,9 +314,16 @@ pub struct PeerLink {
     remote_description: bool,
     /// Trickled before the remote description; str0m gets them once it is set.
     early_candidates: Vec<Candidate>,
-    /// Where the remote may send from; routing fallback for datagrams that
-    /// `Rtc::accepts` refuses (docs/ARCHITECTURE.md, str0m fact 1).
-    remote_addrs: Vec<SocketAddr>,
+    /// Where the remote may send from, and what kind of candidate each is;
+    /// routing fallback for datagrams that `Rtc::accepts` refuses
+    /// (docs/ARCHITECTURE.md, str0m fact 1).
+    remote_addrs: Vec<(SocketAddr, PathKind)>,
+    /// Remote addresses not reported yet ([`LinkOutput::RemoteAddress`]).
+    new_remote_addrs: Vec<SocketAddr>,
+    /// The (local, remote) pair DTLS records last went out on.
+    path: Option<(SocketAddr, SocketAddr)>,
+    path_reported: bool,
+    rtt: Option<Duration>,
     mid: Option<String>,
     mline_index: u16,
     /// The remote's `a=max-message-size`, RFC 8841 default when absent.
@@ -368,8 +426,8 @@ impl PeerLink {
         link.mline_index = index;
         link.remote_max_message = facts.max_message;
         link.remote_description = true;
-        for addr in facts.candidate_addrs {
-            link.remember_addr(addr);
+        for (addr, kind) in facts.candidate_addrs {
+            link.remember_addr(addr, kind);
         }
         // str0m's ICE agent sends no check before its first timeout, and
         // nothing would be due before the silence timeout: without this the
@@ -405,8 +463,8 @@ impl PeerLink {
         }
         self.remote_max_message = facts.max_message;
         self.remote_description = true;
-        for addr in facts.candidate_addrs {
-            self.remember_addr(addr);
+        for (addr, kind) in facts.candidate_addrs {
+            self.remember_addr(addr, kind);
         }
         for c in std::mem::take(&mut self.early_candidates) {
             self.apply_remote_candidate(c);
@@ -461,7 +519,7 @@ impl PeerLink {
             log::debug!("[{}] ignoring non-UDP remote candidate", self.name);
             return;
         }
-        self.remember_addr(cand.addr());
+        self.remember_addr(cand.addr(), PathKind::of(cand.kind()));
         if self.remote_description {
             self.apply_remote_candidate(cand);
         } else if self.early_candidates.len() < self.config.max_remote_candidates {
@@ -484,6 +542,37 @@ impl PeerLink {
     pub fn add_local_srflx_candidate(&mut self, addr: SocketAddr, base: SocketAddr) -> Option<IceCandidatePayload> {
         let cand = Candidate::server_reflexive(addr, base, "udp").ok()?;
         self.add_local(cand)
+    }
+
+    /// Adds a relayed candidate (`relayed` on a TURN server reached from
+    /// `local`) and returns what to trickle.
+    pub fn add_local_relayed_candidate(
+        &mut self,
+        relayed: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<IceCandidatePayload> {
+        let cand = Candidate::relayed(relayed, local, "udp").ok()?;
+        self.add_local(cand)
+    }
+
+    /// Stops using a local candidate whose address is gone (an allocation
+    /// that ended).
+    pub fn remove_local_candidate(&mut self, addr: SocketAddr, kind: PathKind) {
+        if self.ended {
+            return;
+        }
+        let cand = match kind {
+            PathKind::Relay => Candidate::relayed(addr, addr, "udp"),
+            _ => Candidate::host(addr, "udp"),
+        };
+        if let Ok(cand) = cand
+            && let Err(e) = guarded(&mut self.rtc, |rtc| {
+                rtc.direct_api().invalidate_candidate(&cand);
+                Ok(())
+            })
+        {
+            self.fail(&e);
+        }
     }
 
     /// The mid of the data section, for the `sdpMid` of trickled candidates.
@@ -517,7 +606,15 @@ impl PeerLink {
 
     /// Whether `addr` is a signaled or checked remote address of this link.
     pub fn knows_remote_address(&self, addr: SocketAddr) -> bool {
-        self.remote_addrs.contains(&addr)
+        self.remote_addrs.iter().any(|(a, _)| *a == addr)
+    }
+
+    /// The path data goes over, once DTLS has used one.
+    pub fn path(&self) -> Option<LinkPath> {
+        let (local, remote) = self.path?;
+        let remote_kind =
+            self.remote_addrs.iter().find(|(a, _)| *a == remote).map_or(PathKind::Prflx, |(_, kind)| *kind);
+        Some(LinkPath { local, remote, remote_kind, rtt: self.rtt })
     }
 
     /// Feeds one received datagram. Datagrams that are not WebRTC are dropped.
@@ -540,7 +637,7 @@ impl PeerLink {
             // A check carrying our ufrag reveals a peer-reflexive address,
             // e.g. of a browser that hides its host address behind mDNS; its
             // DTLS must be routed here too.
-            self.remember_addr(source);
+            self.remember_addr(source, PathKind::Prflx);
         }
         match guarded(&mut self.rtc, |rtc| rtc.handle_input(input)) {
             // Strangers' datagrams must not keep a dead link alive.
@@ -668,6 +765,13 @@ impl PeerLink {
             if !self.rtc.is_alive() {
                 return LinkOutput::Timeout(self.idle_deadline());
             }
+            if let Some(addr) = self.new_remote_addrs.pop() {
+                return LinkOutput::RemoteAddress(addr);
+            }
+            if !self.path_reported {
+                self.path_reported = true;
+                return LinkOutput::PathChanged;
+            }
             let out = match guarded(&mut self.rtc, |rtc| rtc.poll_output()) {
                 Ok(out) => out,
                 Err(e) => {
@@ -677,6 +781,13 @@ impl PeerLink {
             };
             match out {
                 Output::Transmit(t) => {
+                    // DTLS records (content types 20-63) only go over the
+                    // selected pair; STUN checks go over every pair.
+                    let dtls = t.contents.first().is_some_and(|b| (20..=63).contains(b));
+                    if dtls && self.path != Some((t.source, t.destination)) {
+                        self.path = Some((t.source, t.destination));
+                        self.path_reported = false;
+                    }
                     return LinkOutput::Transmit {
                         source: t.source,
                         destination: t.destination,
@@ -706,6 +817,7 @@ impl PeerLink {
         let receive_limit = limit.clamp(RECEIVE_MESSAGE_FLOOR, MAX_MESSAGE_BYTES_CEILING);
         let mut builder = Rtc::builder()
             .clear_codecs()
+            .set_stats_interval(Some(STATS_INTERVAL))
             .set_sctp_max_message_size(u32::try_from(receive_limit).unwrap_or(u32::MAX))
             .set_sctp_max_buffered_amount(SCTP_SEND_BUFFER.max(limit));
         if let Some(rto) = config.max_stun_rto {
@@ -728,6 +840,10 @@ impl PeerLink {
             remote_description: false,
             early_candidates: Vec::new(),
             remote_addrs: Vec::new(),
+            new_remote_addrs: Vec::new(),
+            path: None,
+            path_reported: true,
+            rtt: None,
             mid: None,
             mline_index: 0,
             remote_max_message: REMOTE_MAX_MESSAGE_DEFAULT,
@@ -781,9 +897,10 @@ impl PeerLink {
         }
     }
 
-    fn remember_addr(&mut self, addr: SocketAddr) {
-        if !self.remote_addrs.contains(&addr) && self.remote_addrs.len() < self.config.max_remote_candidates {
-            self.remote_addrs.push(addr);
+    fn remember_addr(&mut self, addr: SocketAddr, kind: PathKind) {
+        if !self.knows_remote_address(addr) && self.remote_addrs.len() < self.config.max_remote_candidates {
+            self.remote_addrs.push((addr, kind));
+            self.new_remote_addrs.push(addr);
         }
     }
 
@@ -820,6 +937,13 @@ impl PeerLink {
                 self.end();
                 // The peer is unreachable: a goodbye would go nowhere.
                 self.rtc.disconnect();
+                None
+            }
+            Event::PeerStats(stats) => {
+                let rtt = stats.selected_candidate_pair.and_then(|p| p.current_round_trip_time);
+                if rtt.is_some() {
+                    self.rtt = rtt;
+                }
                 None
             }
             Event::Closed => {
@@ -1009,6 +1133,7 @@ mod tests {
                         assert!(side.closed_at.is_none(), "Closed twice");
                         side.closed_at = Some(now);
                     }
+                    LinkOutput::RemoteAddress(_) | LinkOutput::PathChanged => {}
                     LinkOutput::Timeout(t) => {
                         side.deadline = t;
                         return;

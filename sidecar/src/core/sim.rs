@@ -229,6 +229,11 @@ pub fn node_addr(i: usize, generation: u16) -> SocketAddr {
 /// A STUN server on the simulated network: answers every Binding request
 /// with the address it came from.
 pub const STUN_SERVER: &str = "203.0.113.3:3478";
+/// A TURN server on the simulated network (turn-server-proto, UDP), once
+/// [`World::start_turn`] ran; its relayed addresses are on the same IP.
+pub const TURN_SERVER: &str = "203.0.113.5:3478";
+pub const TURN_USER: &str = "sim";
+pub const TURN_PASSWORD: &str = "sim-password";
 const STUN_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 
 pub struct Node<S> {
@@ -276,7 +281,16 @@ pub struct World<S> {
     pub burst_delivery: bool,
     /// Binding requests the STUN server answered.
     pub stun_requests: usize,
+    turn: Option<SimTurn>,
     make: Factory<S>,
+}
+
+/// The simulated TURN server and the relayed ports it handed out.
+struct SimTurn {
+    server: turn_server_proto::server::TurnServer,
+    next_port: u16,
+    /// Datagrams it received, for tests that count relayed traffic.
+    received: usize,
 }
 
 impl<S: SimSidecar> World<S> {
@@ -313,6 +327,7 @@ impl<S: SimSidecar> World<S> {
             candidates: Vec::new(),
             burst_delivery: false,
             stun_requests: 0,
+            turn: None,
             make,
         }
     }
@@ -485,6 +500,68 @@ impl<S: SimSidecar> World<S> {
         self.net.send(self.now, server, d.from, reply);
     }
 
+    /// Starts the TURN server at [`TURN_SERVER`] with one user.
+    pub fn start_turn(&mut self) {
+        use turn_server_proto::api::TurnServerApi;
+        use turn_server_proto::types::TransportType;
+        let addr: SocketAddr = TURN_SERVER.parse().unwrap();
+        let mut server = turn_server_proto::server::TurnServer::new(TransportType::Udp, addr, "sim".into());
+        server.add_user(TURN_USER.into(), TURN_PASSWORD.into());
+        self.turn = Some(SimTurn { server, next_port: 50_000, received: 0 });
+    }
+
+    /// Datagrams the TURN server received (requests and relayed data).
+    pub fn turn_received(&self) -> usize {
+        self.turn.as_ref().map_or(0, |t| t.received)
+    }
+
+    /// Feeds a datagram for the TURN server's IP to it and sends what it
+    /// answers.
+    fn turn_receive(&mut self, d: Datagram) {
+        use turn_server_proto::api::{TurnServerApi, TurnServerPollRet};
+        use turn_server_proto::stun::agent::Transmit;
+        use turn_server_proto::types::TransportType;
+        let now = self.now;
+        let t = turn_server_proto::types::Instant::from_nanos((now - self.start).as_nanos() as i64);
+        let Some(turn) = self.turn.as_mut() else { return };
+        turn.received += 1;
+        let mut out = Vec::new();
+        if let Some(build) = turn.server.recv(Transmit::new(&d.contents[..], TransportType::Udp, d.from, d.to), t) {
+            let transmit = build.build();
+            out.push((transmit.from, transmit.to, transmit.data));
+        }
+        for _ in 0..64 {
+            match turn.server.poll(t) {
+                TurnServerPollRet::AllocateSocket {
+                    transport,
+                    listen_addr,
+                    client_addr,
+                    allocation_transport,
+                    family,
+                } => {
+                    turn.next_port += 1;
+                    let relayed = SocketAddr::new(listen_addr.ip(), turn.next_port);
+                    turn.server.allocated_socket(
+                        transport,
+                        listen_addr,
+                        client_addr,
+                        allocation_transport,
+                        family,
+                        Ok(relayed),
+                        t,
+                    );
+                }
+                _ => break,
+            }
+        }
+        while let Some(transmit) = turn.server.poll_transmit(t) {
+            out.push((transmit.from, transmit.to, transmit.data));
+        }
+        for (from, to, data) in out {
+            self.net.send(now, from, to, data);
+        }
+    }
+
     /// Runs the next due thing, never past `until`.
     pub fn step(&mut self, until: Instant) {
         let mut next = until;
@@ -504,6 +581,10 @@ impl<S: SimSidecar> World<S> {
         while let Some(d) = self.net.pop_due(now) {
             if d.to == stun {
                 self.stun_answer(&d);
+                continue;
+            }
+            if self.turn.is_some() && d.to.ip() == TURN_SERVER.parse::<SocketAddr>().unwrap().ip() {
+                self.turn_receive(d);
                 continue;
             }
             let Some(i) = self.owner(d.to) else { continue };

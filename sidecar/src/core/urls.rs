@@ -138,7 +138,7 @@ pub fn parse_stun_url(url: &str) -> Result<StunServer, UrlError> {
     match scheme.as_str() {
         "stun" => {}
         "stuns" | "turn" | "turns" => {
-            return Err(UrlError::Unsupported(format!("{scheme}: is not supported (plain stun: only)")));
+            return Err(UrlError::Unsupported(format!("{scheme}: is not a STUN URL (plain stun: only)")));
         }
         _ => return Err(UrlError::Invalid(format!("unknown scheme {scheme:?}"))),
     }
@@ -147,6 +147,12 @@ pub fn parse_stun_url(url: &str) -> Result<StunServer, UrlError> {
         Some(_) => return Err(UrlError::Invalid("only ?transport=udp is understood".into())),
         None => rest,
     };
+    let (host, port) = host_and_port(rest, STUN_DEFAULT_PORT)?;
+    Ok(StunServer { host, port })
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port` of a `stun:`/`turn:` URL.
+fn host_and_port(rest: &str, default_port: u16) -> Result<(String, u16), UrlError> {
     let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
         let (host, after) = v6.split_once(']').ok_or_else(|| UrlError::Invalid("unclosed [".into()))?;
         if host.parse::<std::net::Ipv6Addr>().is_err() {
@@ -169,13 +175,13 @@ pub fn parse_stun_url(url: &str) -> Result<StunServer, UrlError> {
         return Err(UrlError::Invalid(format!("bad host {host:?}")));
     }
     let port = match port {
-        None => STUN_DEFAULT_PORT,
+        None => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(p) if p != 0 => p,
             _ => return Err(UrlError::Invalid(format!("bad port {p:?}"))),
         },
     };
-    Ok(StunServer { host: host.to_owned(), port })
+    Ok((host.to_owned(), port))
 }
 
 /// The usable servers of a comma-separated `STUN_URLS`; the others are
@@ -186,8 +192,99 @@ pub fn parse_stun_urls(list: &str) -> Vec<StunServer> {
         match parse_stun_url(url) {
             Ok(s) if !out.contains(&s) => out.push(s),
             Ok(_) => {}
-            Err(UrlError::Unsupported(e)) => log::warn!("STUN_URLS: ignoring {url:?}: {e}"),
-            Err(UrlError::Invalid(e)) => log::warn!("STUN_URLS: ignoring {url:?}: {e}"),
+            Err(e) => log::warn!("STUN_URLS: ignoring {url:?}: {e}"),
+        }
+    }
+    out
+}
+
+/// The port of a `turn:` URL without one (RFC 7065); `turns:` uses 5349.
+pub const TURN_DEFAULT_PORT: u16 = 3478;
+pub const TURNS_DEFAULT_PORT: u16 = 5349;
+
+/// How a sidecar reaches a TURN server. The relayed leg, from the server to
+/// the peers, is UDP in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TurnTransport {
+    Udp,
+    Tcp,
+    /// TCP with TLS (`turns:`), checked against the same trust roots as the
+    /// registry's `https://`/`wss://`.
+    Tls,
+}
+
+impl TurnTransport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnTransport::Udp => "udp",
+            TurnTransport::Tcp => "tcp",
+            TurnTransport::Tls => "tls",
+        }
+    }
+}
+
+/// One TURN server from `TURN_URL` or the registry's ICE servers, before
+/// name resolution.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TurnUrl {
+    pub host: String,
+    pub port: u16,
+    pub transport: TurnTransport,
+}
+
+impl fmt::Display for TurnUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.transport == TurnTransport::Tls { "turns" } else { "turn" };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        write!(f, "{scheme}:{host}:{}", self.port)?;
+        if self.transport == TurnTransport::Tcp {
+            f.write_str("?transport=tcp")?;
+        }
+        Ok(())
+    }
+}
+
+impl TurnUrl {
+    /// The address, when the host is an IP literal (no lookup needed).
+    pub fn literal(&self) -> Option<SocketAddr> {
+        self.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, self.port))
+    }
+}
+
+/// `turn:host[:port][?transport=udp|tcp]` or `turns:host[:port]` (RFC 7065;
+/// `?transport=tcp` is the only transport `turns:` takes).
+pub fn parse_turn_url(url: &str) -> Result<TurnUrl, UrlError> {
+    let url = url.trim();
+    let (scheme, rest) = url.split_once(':').ok_or_else(|| UrlError::Invalid("no scheme".into()))?;
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "turn" => false,
+        "turns" => true,
+        "stun" | "stuns" => return Err(UrlError::Unsupported(format!("{scheme}: is not a TURN URL"))),
+        other => return Err(UrlError::Invalid(format!("unknown scheme {other:?}"))),
+    };
+    let (rest, transport) = match rest.split_once('?') {
+        None => (rest, if tls { TurnTransport::Tls } else { TurnTransport::Udp }),
+        Some((r, query)) => match (query.to_ascii_lowercase().as_str(), tls) {
+            ("transport=udp", false) => (r, TurnTransport::Udp),
+            ("transport=tcp", false) => (r, TurnTransport::Tcp),
+            ("transport=tcp", true) => (r, TurnTransport::Tls),
+            _ => return Err(UrlError::Invalid(format!("unsupported query {query:?}"))),
+        },
+    };
+    let default_port = if tls { TURNS_DEFAULT_PORT } else { TURN_DEFAULT_PORT };
+    let (host, port) = host_and_port(rest, default_port)?;
+    Ok(TurnUrl { host, port, transport })
+}
+
+/// The usable servers of a comma-separated `TURN_URL`; the others are
+/// logged and skipped, never fatal.
+pub fn parse_turn_urls(list: &str) -> Vec<TurnUrl> {
+    let mut out: Vec<TurnUrl> = Vec::new();
+    for url in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        match parse_turn_url(url) {
+            Ok(t) if !out.contains(&t) => out.push(t),
+            Ok(_) => {}
+            Err(e) => log::warn!("TURN_URL: ignoring {url:?}: {e}"),
         }
     }
     out
@@ -278,5 +375,25 @@ mod tests {
         let list = parse_stun_urls("stun:a:1, turn:b, bogus,,stun:a:1 ,stun:[::1]");
         assert_eq!(list.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ["a:1", "[::1]:3478"]);
         assert!(parse_stun_urls("").is_empty());
+    }
+
+    #[test]
+    fn turn_urls() {
+        let ok = |u: &str| parse_turn_url(u).unwrap();
+        let t = |host: &str, port, transport| TurnUrl { host: host.into(), port, transport };
+        assert_eq!(ok("turn:turn.example.org"), t("turn.example.org", 3478, TurnTransport::Udp));
+        assert_eq!(ok("turn:192.0.2.1:3479?transport=udp"), t("192.0.2.1", 3479, TurnTransport::Udp));
+        assert_eq!(ok("TURN:h:1?transport=TCP"), t("h", 1, TurnTransport::Tcp));
+        assert_eq!(ok("turns:h"), t("h", 5349, TurnTransport::Tls));
+        assert_eq!(ok("turns:[2001:db8::1]:443?transport=tcp"), t("2001:db8::1", 443, TurnTransport::Tls));
+        assert_eq!(ok("turns:[2001:db8::1]:443").to_string(), "turns:[2001:db8::1]:443");
+        assert_eq!(ok("turn:h:5?transport=tcp").to_string(), "turn:h:5?transport=tcp");
+        assert_eq!(ok("turn:192.0.2.1").literal(), Some(addr("192.0.2.1:3478")));
+        assert!(matches!(parse_turn_url("stun:h"), Err(UrlError::Unsupported(_))));
+        for u in ["", "turn:", "turn:h:0", "turns:h?transport=udp", "turn:h?transport=sctp", "http://h", "turn:h h"] {
+            assert!(matches!(parse_turn_url(u), Err(UrlError::Invalid(_))), "{u:?}");
+        }
+        let list = parse_turn_urls("turn:a, turns:a, bogus, turn:a:3478");
+        assert_eq!(list, [t("a", 3478, TurnTransport::Udp), t("a", 5349, TurnTransport::Tls)]);
     }
 }

@@ -30,9 +30,16 @@ use crate::core::urls::check_url;
 /// Answers larger than this are not token or pairing answers.
 const MAX_RESPONSE: u64 = 64 * 1024;
 
-/// A `POST`: one extra header and an optional JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+/// A request: one extra header and, for a `POST`, an optional JSON body.
 #[derive(Debug, Clone)]
-pub struct Post {
+pub struct Request {
+    pub method: Method,
     pub url: String,
     pub header: Option<(&'static str, String)>,
     pub json: Option<serde_json::Value>,
@@ -44,8 +51,8 @@ pub struct Post {
 
 /// Runs `request` off the event loop; returns the status and body.
 /// Non-2xx statuses are answers, not errors.
-pub async fn post(request: Post) -> Result<(u16, Vec<u8>), String> {
-    off_loop(move || post_blocking(&request)).await?
+pub async fn send(request: Request) -> Result<(u16, Vec<u8>), String> {
+    off_loop(move || send_blocking(&request)).await?
 }
 
 /// Runs blocking `work` on a short-lived thread and awaits its result. If
@@ -62,8 +69,8 @@ pub async fn off_loop<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
     rx.recv().await.map_err(|_| "the request thread died".to_owned())
 }
 
-/// [`post`] on the calling thread (the `pair` command has no event loop).
-pub fn post_blocking(request: &Post) -> Result<(u16, Vec<u8>), String> {
+/// [`send`] on the calling thread (the `pair` command has no event loop).
+pub fn send_blocking(request: &Request) -> Result<(u16, Vec<u8>), String> {
     check_url(&request.url)?;
     if let Some((name, value)) = &request.header
         && value.bytes().any(|b| b == b'\r' || b == b'\n')
@@ -86,13 +93,25 @@ pub fn post_blocking(request: &Post) -> Result<(u16, Vec<u8>), String> {
         .user_agent(concat!("chatixia-sidecar/", env!("CARGO_PKG_VERSION")))
         .build()
         .into();
-    let mut builder = agent.post(&request.url).header("Accept", "application/json");
-    if let Some((name, value)) = &request.header {
-        builder = builder.header(*name, value.as_str());
-    }
-    let result = match &request.json {
-        Some(body) => builder.send_json(body),
-        None => builder.send_empty(),
+    let header = request.header.as_ref().map(|(name, value)| (*name, value.as_str()));
+    let result = match request.method {
+        Method::Get => {
+            let mut builder = agent.get(&request.url).header("Accept", "application/json");
+            if let Some((name, value)) = header {
+                builder = builder.header(name, value);
+            }
+            builder.call()
+        }
+        Method::Post => {
+            let mut builder = agent.post(&request.url).header("Accept", "application/json");
+            if let Some((name, value)) = header {
+                builder = builder.header(name, value);
+            }
+            match &request.json {
+                Some(body) => builder.send_json(body),
+                None => builder.send_empty(),
+            }
+        }
     };
     let mut response = result.map_err(|e| format!("request to {} failed: {e}", request.url))?;
     let status = response.status().as_u16();
@@ -142,12 +161,33 @@ pub enum Stream {
 /// certificate must match `host` (a name or an IP address).
 pub async fn connect_stream(host: &str, port: u16, tls: Option<&Tls>) -> Result<Stream, String> {
     let tcp = connect(host, port).await?;
-    let Some(tls) = tls else { return Ok(Stream::Plain(tcp)) };
-    let name = tls::server_name(host)?;
+    match tls {
+        Some(tls) => {
+            handshake(tcp, tls, host).await.map_err(|e| format!("TLS handshake with {host}:{port} failed: {e}"))
+        }
+        None => Ok(Stream::Plain(tcp)),
+    }
+}
+
+/// A stream to `addr` (a TURN server's), with TLS when `tls` is given: its
+/// certificate must match `name`, the host of the URL.
+pub async fn open_stream(addr: SocketAddr, tls: Option<(&Tls, &str)>) -> Result<Stream, String> {
+    let tcp = Async::<TcpStream>::connect(addr).await.map_err(|e| format!("{addr}: {e}"))?;
+    let _ = tcp.get_ref().set_nodelay(true);
+    match tls {
+        Some((tls, name)) => {
+            handshake(tcp, tls, name).await.map_err(|e| format!("TLS handshake with {name} at {addr} failed: {e}"))
+        }
+        None => Ok(Stream::Plain(tcp)),
+    }
+}
+
+async fn handshake(tcp: Async<TcpStream>, tls: &Tls, name: &str) -> Result<Stream, String> {
+    let server = tls::server_name(name)?;
     let stream = futures_rustls::TlsConnector::from(tls.client_config())
-        .connect(name, tcp)
+        .connect(server, tcp)
         .await
-        .map_err(|e| format!("TLS handshake with {host}:{port} failed: {e}"))?;
+        .map_err(|e| e.to_string())?;
     Ok(Stream::Tls(Box::new(stream)))
 }
 
@@ -285,35 +325,37 @@ mod tests {
     #[test]
     fn posts_with_the_header_off_the_event_loop() {
         let (port, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{\"a\":\"ok\"}");
-        let request = Post {
+        let request = Request {
+            method: Method::Post,
             url: format!("http://127.0.0.1:{port}/api/token?x=1"),
             header: Some(("X-API-Key", "k-1".into())),
             json: None,
             timeout: Duration::from_secs(10),
             tls: None,
         };
-        let (status, body) = smol::block_on(post(request.clone())).unwrap();
+        let (status, body) = smol::block_on(send(request.clone())).unwrap();
         assert_eq!((status, body.as_slice()), (200, &b"{\"a\":\"ok\"}"[..]));
         let req = server.join().unwrap();
         assert!(req.starts_with("POST /api/token?x=1 HTTP/1.1\r\n"), "{req}");
         assert!(req.to_ascii_lowercase().contains("\r\nx-api-key: k-1\r\n"), "{req}");
 
-        let evil = Post { header: Some(("X-API-Key", "a\r\nX-Evil: 1".into())), ..request };
-        let err = smol::block_on(post(evil)).unwrap_err();
+        let evil = Request { header: Some(("X-API-Key", "a\r\nX-Evil: 1".into())), ..request };
+        let err = smol::block_on(send(evil)).unwrap_err();
         assert!(err.contains("line breaks"), "{err}");
     }
 
     #[test]
     fn sends_json_and_returns_error_statuses_as_answers() {
         let (port, server) = serve_once(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\n\r\n{\"error\":\"x\"}");
-        let request = Post {
+        let request = Request {
+            method: Method::Post,
             url: format!("http://127.0.0.1:{port}/api/pairing/pair"),
             header: None,
             json: Some(serde_json::json!({"code": "123456"})),
             timeout: Duration::from_secs(10),
             tls: None,
         };
-        let (status, body) = post_blocking(&request).unwrap();
+        let (status, body) = send_blocking(&request).unwrap();
         assert_eq!((status, body.as_slice()), (401, &b"{\"error\":\"x\"}"[..]));
         let req = server.join().unwrap();
         let body: serde_json::Value = serde_json::from_str(&req[req.find("\r\n\r\n").unwrap() + 4..]).unwrap();

@@ -22,10 +22,11 @@ pub mod tls;
 mod udp;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chatixia_protocol::ipc::Command;
 use chatixia_settings::systemd::{self, Notifier};
@@ -36,7 +37,8 @@ use crate::core::mesh::{MeshConfig, RegistryState};
 use crate::core::node::{LookupId, Node, NodeConfig, NodeOutput, SignalingEvent};
 use crate::core::peer::DtlsIdentity;
 use crate::core::stun::GathererConfig;
-use crate::core::urls::StunServer;
+use crate::core::turn::{self, StreamId, TurnServer};
+use crate::core::urls::{StunServer, TurnUrl};
 use ipc::IpcSocket;
 use signaling::{Outgoing, SignalingConfig};
 use udp::{Recv, UdpPort};
@@ -55,6 +57,27 @@ const COALESCE_AFTER: Duration = Duration::from_secs(2);
 /// Far-off deadlines are rounded up to a multiple of this, so the keepalives
 /// of many links (each pair of each link has its own) share one wake-up.
 const COALESCE_GRID: Duration = Duration::from_millis(250);
+/// Writes queued towards one TURN stream before it counts as stuck.
+const STREAM_QUEUE: usize = 256;
+/// How long credentials made from `TURN_SECRET` are valid.
+const SECRET_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Where the TURN servers and their credentials come from.
+#[derive(Debug, Clone)]
+pub enum TurnSource {
+    /// `TURN_URL` with `TURN_USERNAME`/`TURN_PASSWORD`.
+    Static(Vec<TurnServer>),
+    /// `TURN_URL` with `TURN_SECRET`: coturn REST credentials made here.
+    Secret { urls: Vec<TurnUrl>, secret: String },
+    /// No TURN settings: the registry's ICE configuration (`GET /api/config`).
+    Registry,
+}
+
+/// The first of several futures to finish, polled in the order given.
+macro_rules! first_of {
+    ($only:expr $(,)?) => { $only };
+    ($head:expr, $($rest:expr),+ $(,)?) => { futures_lite::future::or($head, first_of!($($rest),+)) };
+}
 
 pub struct ShellConfig {
     pub ipc_socket: PathBuf,
@@ -65,6 +88,10 @@ pub struct ShellConfig {
     pub mesh: MeshConfig,
     pub ipc: IpcConfig,
     pub signaling: SignalingConfig,
+    pub turn: TurnSource,
+    /// Trusted in addition to the system store for `turns:` servers (and the
+    /// registry, see [`SignalingConfig::tls`]).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Runs the sidecar until SIGTERM or SIGINT.
@@ -109,7 +136,11 @@ pub fn run(config: ShellConfig) -> Result<(), String> {
         stun_servers: config.stun_servers,
         host_candidates,
     };
-    let node = Node::new(node_config, Instant::now());
+    let mut node = Node::new(node_config, Instant::now());
+    let turn_source = config.turn;
+    if let Some((servers, valid_for)) = turn_servers(&turn_source) {
+        node.handle_turn_servers(servers, valid_for, Instant::now());
+    }
     let hub = Rc::new(RefCell::new(AgentHub::new(config.ipc)));
     let (cmd_tx, cmd_rx) = async_channel::bounded::<(AgentId, Command)>(COMMAND_QUEUE);
     let (sig_tx, sig_rx) = async_channel::bounded::<SignalingEvent>(SIGNALING_QUEUE);
@@ -118,10 +149,13 @@ pub fn run(config: ShellConfig) -> Result<(), String> {
     // One answer per lookup the core asked for; it never has more than a
     // few out at once.
     let (lookup_tx, lookup_rx) = async_channel::unbounded::<Answer>();
+    // Bytes and ends of the TURN streams; each stream task waits for room.
+    let (stream_tx, stream_rx) = async_channel::bounded::<(StreamId, StreamEvent)>(SIGNALING_QUEUE);
 
     notifier.ready();
     notifier.status(status_line(RegistryState::Down, 0));
 
+    let tls = config.signaling.tls.clone();
     let ex = Rc::new(LocalExecutor::new());
     smol::block_on(ex.run(async {
         ex.spawn(ipc::serve(ex.clone(), listener, hub.clone(), cmd_tx)).detach();
@@ -139,12 +173,19 @@ pub fn run(config: ShellConfig) -> Result<(), String> {
             hub,
             out_tx,
             lookup_tx,
+            stream_tx,
+            streams: HashMap::new(),
+            turn: turn_source,
+            tls,
+            ca_file: config.ca_file,
             ex: ex.clone(),
             notifier,
             buf: vec![0u8; 65_536],
         };
         driver.flush();
-        driver.run(Inputs { commands: &cmd_rx, signaling: &sig_rx, lookups: &lookup_rx, stop: &stop_rx }).await;
+        let inputs =
+            Inputs { commands: &cmd_rx, signaling: &sig_rx, lookups: &lookup_rx, streams: &stream_rx, stop: &stop_rx };
+        driver.run(inputs).await;
         driver.shutdown(&sig_rx).await;
         // The WebSocket close was requested; give it a moment, not forever.
         futures_lite::future::or(signaling, async {
@@ -160,11 +201,37 @@ pub fn run(config: ShellConfig) -> Result<(), String> {
 /// The answer to one lookup the core asked for.
 type Answer = (LookupId, Vec<Result<Vec<SocketAddr>, String>>);
 
+/// What a TURN stream reports.
+enum StreamEvent {
+    Data(Vec<u8>),
+    Closed,
+}
+
+/// The servers of a static or secret source, with how long their
+/// credentials last; `None` for the registry, whose come later.
+fn turn_servers(source: &TurnSource) -> Option<(Vec<TurnServer>, Option<Duration>)> {
+    match source {
+        TurnSource::Static(servers) => Some((servers.clone(), None)),
+        TurnSource::Secret { urls, secret } => {
+            let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let expiry = unix_now + SECRET_CREDENTIAL_LIFETIME.as_secs();
+            let (username, password) = turn::rest_credentials(secret, expiry, "sidecar");
+            let servers = urls
+                .iter()
+                .map(|url| TurnServer { url: url.clone(), username: username.clone(), password: password.clone() })
+                .collect();
+            Some((servers, Some(SECRET_CREDENTIAL_LIFETIME)))
+        }
+        TurnSource::Registry => None,
+    }
+}
+
 /// Where the core's inputs come from, besides the socket and the clock.
 struct Inputs<'a> {
     commands: &'a async_channel::Receiver<(AgentId, Command)>,
     signaling: &'a async_channel::Receiver<SignalingEvent>,
     lookups: &'a async_channel::Receiver<Answer>,
+    streams: &'a async_channel::Receiver<(StreamId, StreamEvent)>,
     stop: &'a async_channel::Receiver<()>,
 }
 
@@ -178,6 +245,14 @@ struct Driver {
     hub: Rc<RefCell<AgentHub>>,
     out_tx: async_channel::Sender<Outgoing>,
     lookup_tx: async_channel::Sender<Answer>,
+    stream_tx: async_channel::Sender<(StreamId, StreamEvent)>,
+    /// Writers of the open TURN streams.
+    streams: HashMap<StreamId, async_channel::Sender<Vec<u8>>>,
+    turn: TurnSource,
+    /// Trust roots for `turns:`: the registry's when it is TLS, else loaded
+    /// at the first `turns:` stream.
+    tls: Option<tls::Tls>,
+    ca_file: Option<PathBuf>,
     ex: Rc<LocalExecutor<'static>>,
     notifier: Notifier,
     buf: Vec<u8>,
@@ -189,12 +264,12 @@ enum Wake {
     Command((AgentId, Command)),
     Signaling(SignalingEvent),
     Looked(Answer),
+    Stream((StreamId, StreamEvent)),
     Stop,
 }
 
 impl Driver {
     async fn run(&mut self, inputs: Inputs<'_>) {
-        use futures_lite::future::or;
         let watchdog = systemd::watchdog_interval();
         let mut next_watchdog = watchdog.map(|w| Instant::now() + w);
         let mut timer = Timer::never();
@@ -215,29 +290,26 @@ impl Driver {
                 armed = Some(wake_at);
             }
             let udp = &self.udp;
-            let wake = or(
+            // Biased towards the first that is ready. Signaling before
+            // commands: a command must see the registry state that was
+            // already reported.
+            let wake = first_of!(
                 async {
                     udp.readable().await;
                     Wake::Socket
                 },
-                or(
-                    async {
-                        (&mut timer).await;
-                        Wake::Timer
-                    },
-                    // Signaling before commands: a command must see the
-                    // registry state that was already reported.
-                    or(
-                        async { inputs.signaling.recv().await.map_or(Wake::Stop, Wake::Signaling) },
-                        or(
-                            async { inputs.commands.recv().await.map_or(Wake::Stop, Wake::Command) },
-                            or(async { inputs.lookups.recv().await.map_or(Wake::Stop, Wake::Looked) }, async {
-                                let _ = inputs.stop.recv().await;
-                                Wake::Stop
-                            }),
-                        ),
-                    ),
-                ),
+                async {
+                    (&mut timer).await;
+                    Wake::Timer
+                },
+                async { inputs.signaling.recv().await.map_or(Wake::Stop, Wake::Signaling) },
+                async { inputs.commands.recv().await.map_or(Wake::Stop, Wake::Command) },
+                async { inputs.lookups.recv().await.map_or(Wake::Stop, Wake::Looked) },
+                async { inputs.streams.recv().await.map_or(Wake::Stop, Wake::Stream) },
+                async {
+                    let _ = inputs.stop.recv().await;
+                    Wake::Stop
+                },
             )
             .await;
             let now = Instant::now();
@@ -246,6 +318,7 @@ impl Driver {
                 Wake::Command((agent, cmd)) => self.node.handle_command(agent, cmd, now),
                 Wake::Signaling(ev) => self.on_signaling(ev, now),
                 Wake::Looked((id, results)) => self.node.handle_lookup(id, results, now),
+                Wake::Stream((stream, event)) => self.on_stream(stream, event, now),
                 Wake::Timer => armed = None,
                 Wake::Socket => {}
             }
@@ -279,10 +352,92 @@ impl Driver {
             self.flush();
         }
         for _ in 0..INPUT_BATCH {
+            let Ok((stream, event)) = inputs.streams.try_recv() else { break };
+            self.on_stream(stream, event, Instant::now());
+        }
+        for _ in 0..INPUT_BATCH {
             let Ok((agent, cmd)) = inputs.commands.try_recv() else { break };
             self.node.handle_command(agent, cmd, Instant::now());
         }
         self.flush();
+    }
+
+    fn on_stream(&mut self, stream: StreamId, event: StreamEvent, now: Instant) {
+        match event {
+            StreamEvent::Data(bytes) => self.node.handle_stream_data(stream, &bytes, now),
+            StreamEvent::Closed => {
+                self.streams.remove(&stream);
+                self.node.handle_stream_closed(stream, now);
+            }
+        }
+        self.flush();
+    }
+
+    /// Opens a stream to a TCP or TLS TURN server: its writes come through
+    /// a bounded queue, its reads and its end go to the event loop.
+    fn open_stream(&mut self, stream: StreamId, server: SocketAddr, tls_name: Option<String>) {
+        let events = self.stream_tx.clone();
+        let tls = match &tls_name {
+            None => None,
+            Some(_) => match &self.tls {
+                Some(tls) => Some(tls.clone()),
+                None => match tls::Tls::load(self.ca_file.as_deref()) {
+                    Ok(tls) => {
+                        self.tls = Some(tls.clone());
+                        Some(tls)
+                    }
+                    Err(e) => {
+                        log::warn!("turns: {server}: {e}");
+                        let _ = events.try_send((stream, StreamEvent::Closed));
+                        return;
+                    }
+                },
+            },
+        };
+        let (writes, queued) = async_channel::bounded::<Vec<u8>>(STREAM_QUEUE);
+        self.streams.insert(stream, writes);
+        self.ex
+            .spawn(async move {
+                use futures_lite::{AsyncReadExt, AsyncWriteExt};
+                let opened = match (&tls, &tls_name) {
+                    (Some(tls), Some(name)) => http::open_stream(server, Some((tls, name))).await,
+                    _ => http::open_stream(server, None).await,
+                };
+                let io = match opened {
+                    Ok(io) => io,
+                    Err(e) => {
+                        log::warn!("TURN server {server}: {e}");
+                        let _ = events.send((stream, StreamEvent::Closed)).await;
+                        return;
+                    }
+                };
+                let (mut reader, mut writer) = futures_lite::io::split(io);
+                let read = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        match reader.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if events.send((stream, StreamEvent::Data(buf[..n].to_vec()))).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                };
+                let write = async {
+                    while let Ok(bytes) = queued.recv().await {
+                        if writer.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Closed by the core: what was queued went out first.
+                    let _ = writer.close().await;
+                };
+                futures_lite::future::or(read, write).await;
+                let _ = events.send((stream, StreamEvent::Closed)).await;
+            })
+            .detach();
     }
 
     fn drain_socket(&mut self) {
@@ -332,6 +487,23 @@ impl Driver {
                     }
                 }
                 NodeOutput::Event { to, event } => self.hub.borrow_mut().deliver(to, &event),
+                NodeOutput::StreamOpen { stream, server, tls_name } => self.open_stream(stream, server, tls_name),
+                NodeOutput::StreamSend { stream, contents } => {
+                    let stuck = self.streams.get(&stream).is_some_and(|w| w.try_send(contents).is_err());
+                    if stuck {
+                        log::warn!("TURN stream {stream} is not taking data; closing it");
+                        self.streams.remove(&stream);
+                    }
+                }
+                NodeOutput::StreamClose { stream } => {
+                    self.streams.remove(&stream);
+                }
+                NodeOutput::RenewTurnCredentials => match turn_servers(&self.turn) {
+                    Some((servers, valid_for)) => self.node.handle_turn_servers(servers, valid_for, Instant::now()),
+                    None => {
+                        let _ = self.out_tx.try_send(Outgoing::FetchIceConfig);
+                    }
+                },
                 NodeOutput::Lookup { id, names } => {
                     let answers = self.lookup_tx.clone();
                     self.ex

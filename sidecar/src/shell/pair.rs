@@ -37,14 +37,15 @@ pub struct Paired {
 pub fn redeem(registry: &str, code: &str, name: &str, tls: Option<&Tls>) -> Result<Paired, String> {
     let base = registry.trim().trim_end_matches('/');
     let url = format!("{base}/api/pairing/pair");
-    let request = http::Post {
+    let request = http::Request {
+        method: http::Method::Post,
         url: url.clone(),
         header: None,
         json: Some(serde_json::json!({"code": code, "agent_name": name})),
         timeout: TIMEOUT,
         tls: tls.cloned(),
     };
-    let (status, body) = http::post_blocking(&request).map_err(|e| format!("cannot reach the registry: {e}"))?;
+    let (status, body) = http::send_blocking(&request).map_err(|e| format!("cannot reach the registry: {e}"))?;
     if status != 200 {
         return Err(format!("the registry refused (HTTP {status}): {}", error_text(&body)));
     }

@@ -48,14 +48,54 @@ pub struct SignalingConfig {
     pub credential: Credential,
     /// Trust roots; needed when either URL is `https://` or `wss://`.
     pub tls: Option<Tls>,
+    /// `GET` this (with the JWT) at every connection and on request, when
+    /// the TURN servers come from the registry.
+    pub ice_config_url: Option<String>,
 }
 
 /// What the node asks of the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
     Frame(String),
+    /// Fetch the ICE configuration again (TURN credentials run out).
+    FetchIceConfig,
     /// Close the WebSocket cleanly and stop.
     Close,
+}
+
+/// A JWT lives 300 s; one older than this is exchanged again before use.
+const TOKEN_REUSE: Duration = Duration::from_secs(240);
+
+/// The registry's ICE configuration URL next to its token endpoint:
+/// `…/api/token` → `…/api/config`.
+pub fn ice_config_url(token_url: &str) -> String {
+    let base = token_url.split(['?', '#']).next().unwrap_or(token_url);
+    match base.strip_suffix("/api/token") {
+        Some(root) => format!("{root}/api/config"),
+        None => format!("{}/api/config", base.trim_end_matches('/')),
+    }
+}
+
+/// `GET` the ICE configuration with the JWT (docs/PROTOCOL.md §3.7).
+async fn fetch_ice_config(url: String, token: String, tls: Option<Tls>) -> Result<String, String> {
+    let request = http::Request {
+        method: http::Method::Get,
+        url,
+        header: Some(("Authorization", format!("Bearer {token}"))),
+        json: None,
+        timeout: CONNECT_TIMEOUT,
+        tls,
+    };
+    match http::send(request).await? {
+        (200, body) => String::from_utf8(body).map_err(|_| "the answer is not UTF-8".to_owned()),
+        (status, _) => Err(format!("answered HTTP {status}")),
+    }
+}
+
+/// A fetch of the ICE configuration as an event for the node.
+fn ice_config_event(result: Result<String, String>) -> SignalingEvent {
+    let unix_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    SignalingEvent::IceConfig { result, unix_now }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,14 +116,15 @@ pub async fn exchange_token(
         Credential::ApiKey(k) => ("X-API-Key", k.clone()),
         Credential::DeviceToken(t) => ("X-Device-Token", t.clone()),
     };
-    let request = http::Post {
+    let request = http::Request {
+        method: http::Method::Post,
         url: url.to_owned(),
         header: Some(header),
         json: None,
         timeout: CONNECT_TIMEOUT,
         tls: tls.cloned(),
     };
-    let (status, body) = http::post(request).await.map_err(TokenError::Other)?;
+    let (status, body) = http::send(request).await.map_err(TokenError::Other)?;
     match status {
         200 => serde_json::from_slice(&body).map_err(|e| TokenError::Other(format!("bad token response: {e}"))),
         401 => Err(TokenError::Unauthorized),
@@ -118,7 +159,7 @@ pub async fn run(
                 log::warn!("token exchange with {} failed: {e}; retrying in {wait:.1?}", config.token_url);
                 wait
             }
-            Ok(token) => match connect(&config.signaling_url, &token.token, config.tls.as_ref()).await {
+            Ok(token) => match connect_and_fetch(&config, &token.token, &events).await {
                 Err(e) => {
                     let wait = backoff.next_delay(fastrand::f64());
                     log::warn!("signaling connection to {} failed: {e}; retrying in {wait:.1?}", config.signaling_url);
@@ -133,7 +174,7 @@ pub async fn run(
                         return;
                     }
                     let started = Instant::now();
-                    let end = session(ws, &events, &outgoing).await;
+                    let end = session(ws, &config, token.token, &events, &outgoing).await;
                     let _ = events.send(SignalingEvent::Down).await;
                     if end == SessionEnd::Stop {
                         return;
@@ -152,7 +193,8 @@ pub async fn run(
             loop {
                 match outgoing.recv().await {
                     Ok(Outgoing::Close) | Err(_) => return true,
-                    Ok(Outgoing::Frame(_)) => {}
+                    // The next connection fetches the configuration anyway.
+                    Ok(Outgoing::Frame(_) | Outgoing::FetchIceConfig) => {}
                 }
             }
         };
@@ -164,6 +206,26 @@ pub async fn run(
             return;
         }
     }
+}
+
+/// Opens the WebSocket and, at the same time, fetches the ICE
+/// configuration when it comes from the registry, so that relayed
+/// candidates are on their way before the first offer.
+async fn connect_and_fetch(
+    config: &SignalingConfig,
+    token: &str,
+    events: &async_channel::Sender<SignalingEvent>,
+) -> Result<WebSocketStream<Stream>, String> {
+    let fetch = async {
+        let url = config.ice_config_url.clone()?;
+        Some(fetch_ice_config(url, token.to_owned(), config.tls.clone()).await)
+    };
+    let (ws, fetched) =
+        futures_lite::future::zip(connect(&config.signaling_url, token, config.tls.as_ref()), fetch).await;
+    if let Some(result) = fetched {
+        let _ = events.send(ice_config_event(result)).await;
+    }
+    ws
 }
 
 async fn connect(base: &str, token: &str, tls: Option<&Tls>) -> Result<WebSocketStream<Stream>, String> {
@@ -209,30 +271,80 @@ enum SessionEnd {
 enum Wake {
     Incoming(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
     Outgoing(Result<Outgoing, async_channel::RecvError>),
+    Fetched(Result<(String, Instant), String>),
     Tick,
 }
 
+/// A fetch of the ICE configuration in progress: its text, and the token it
+/// used with when that was minted.
+type Fetch = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(String, Instant), String>>>>;
+
 async fn session(
     mut ws: WebSocketStream<Stream>,
+    config: &SignalingConfig,
+    token: String,
     events: &async_channel::Sender<SignalingEvent>,
     outgoing: &async_channel::Receiver<Outgoing>,
 ) -> SessionEnd {
     let mut next_ping = Instant::now() + PING_INTERVAL;
     let mut ping_sent: Option<Instant> = None;
+    let mut token = (token, Instant::now());
+    // Runs beside the session, so signaling never waits for it.
+    let mut fetch: Option<Fetch> = None;
     loop {
         let deadline = match ping_sent {
             Some(at) => at + PONG_TIMEOUT,
             None => next_ping,
         };
+        let fetching = async {
+            match fetch.as_mut() {
+                Some(f) => Wake::Fetched(f.await),
+                None => futures_lite::future::pending().await,
+            }
+        };
         let wake = futures_lite::future::or(async { Wake::Incoming(ws.next().await) }, async {
             futures_lite::future::or(async { Wake::Outgoing(outgoing.recv().await) }, async {
-                Timer::at(deadline).await;
-                Wake::Tick
+                futures_lite::future::or(fetching, async {
+                    Timer::at(deadline).await;
+                    Wake::Tick
+                })
+                .await
             })
             .await
         })
         .await;
         match wake {
+            Wake::Fetched(result) => {
+                fetch = None;
+                let result = result.map(|(text, minted)| {
+                    token.1 = token.1.max(minted);
+                    text
+                });
+                if events.send(ice_config_event(result)).await.is_err() {
+                    let _ = ws.close(None).await;
+                    return SessionEnd::Stop;
+                }
+            }
+            Wake::Outgoing(Ok(Outgoing::FetchIceConfig)) => {
+                let Some(url) = config.ice_config_url.clone() else { continue };
+                if fetch.is_some() {
+                    continue;
+                }
+                let (credential, token_url, tls) =
+                    (config.credential.clone(), config.token_url.clone(), config.tls.clone());
+                let (current, minted) = token.clone();
+                fetch = Some(Box::pin(async move {
+                    let (jwt, minted) = if minted.elapsed() < TOKEN_REUSE {
+                        (current, minted)
+                    } else {
+                        let fresh = exchange_token(&token_url, &credential, tls.as_ref())
+                            .await
+                            .map_err(|e| format!("token exchange: {e:?}"))?;
+                        (fresh.token, Instant::now())
+                    };
+                    Ok((fetch_ice_config(url, jwt, tls).await?, minted))
+                }));
+            }
             Wake::Incoming(Some(Ok(Message::Text(text)))) => {
                 if events.send(SignalingEvent::Frame(text.as_str().to_owned())).await.is_err() {
                     let _ = ws.close(None).await;
