@@ -194,11 +194,19 @@ pub fn daemon_settings(program: &str, about: &str, settings: &[Setting]) -> Resu
         }
     };
     env_logger::Builder::new()
+        .parse_filters(QUIET_DEPENDENCIES)
         .parse_filters(resolved.get("RUST_LOG").unwrap_or("info"))
         .format_timestamp_millis()
         .init();
     Ok(resolved)
 }
+
+/// Dependencies that log every step at info level (the TURN crates, and
+/// `tracing` spans turned into log lines): warnings only, unless `RUST_LOG`
+/// names them (`turn_client_proto=debug`); a bare level such as `debug` is
+/// less specific and leaves them quiet.
+const QUIET_DEPENDENCIES: &str =
+    "tracing::span=warn,turn_client_proto=warn,turn_server_proto=warn,turn_types=warn,stun_proto=warn,stun_types=warn";
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
-//! `GET /api/config` (docs/PROTOCOL.md, compatible): STUN servers, and a
-//! TURN server with coturn REST credentials when `TURN_URL` and `TURN_SECRET`
-//! are set.
+//! `GET /api/config` (docs/PROTOCOL.md, compatible): STUN servers, and the
+//! TURN servers of `TURN_URL` (a comma-separated list) with coturn REST
+//! credentials when `TURN_SECRET` is set.
 
 use serde_json::{Value, json};
 
@@ -21,7 +21,8 @@ pub fn ice_config(stun_urls: &[String], turn: Option<(&str, &str)>, now_unix: u6
     }
     if let Some((url, secret)) = turn {
         let (username, credential) = turn_credentials(secret, now_unix);
-        servers.push(json!({"urls": [url], "username": username, "credential": credential}));
+        let urls: Vec<&str> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+        servers.push(json!({"urls": urls, "username": username, "credential": credential}));
     }
     json!({"iceServers": servers})
 }
@@ -46,5 +47,7 @@ mod tests {
         let v = ice_config(&stun, Some(("turn:t:3478", "k")), 0);
         assert_eq!(v["iceServers"][1]["urls"], json!(["turn:t:3478"]));
         assert_eq!(v["iceServers"][1]["username"], "86400:mesh");
+        let v = ice_config(&stun, Some(("turn:t:3478, turns:t:5349,", "k")), 0);
+        assert_eq!(v["iceServers"][1]["urls"], json!(["turn:t:3478", "turns:t:5349"]));
     }
 }

@@ -117,6 +117,9 @@ struct Relay {
     relayed: Option<SocketAddr>,
     /// Peers with a channel bound or being bound.
     channels: Vec<SocketAddr>,
+    /// Addresses asked to be permitted (the client refreshes them itself;
+    /// asking twice is an error).
+    permitted: Vec<IpAddr>,
     /// When to poll the client next.
     wake: Option<Instant>,
     /// When to try again after a failure.
@@ -178,6 +181,7 @@ impl Relays {
                         stream: None,
                         relayed: None,
                         channels: Vec::new(),
+                        permitted: Vec::new(),
                         wake: None,
                         retry_at: Some(now),
                         failures: 0,
@@ -245,14 +249,19 @@ impl Relays {
         self.guarded(i, now, |relay, outputs| {
             let client = relay.client.as_mut()?;
             let (local, server) = (client.local_addr(), client.remote_addr());
-            let relayed = relay.relayed?;
-            if let TurnRecvRet::PeerData(data) = client.recv(Transmit::new(bytes, TransportType::Tcp, server, local), t)
-            {
-                outputs.push_back(RelayOutput::PeerData { relayed, peer: data.peer, contents: data.data().to_vec() });
+            let mut data = Vec::new();
+            if let TurnRecvRet::PeerData(d) = client.recv(Transmit::new(bytes, TransportType::Tcp, server, local), t) {
+                data.push((d.peer, d.data().to_vec()));
             }
             // A chunk may hold several messages.
-            while let Some(data) = client.poll_recv(t) {
-                outputs.push_back(RelayOutput::PeerData { relayed, peer: data.peer, contents: data.data().to_vec() });
+            while let Some(d) = client.poll_recv(t) {
+                data.push((d.peer, d.data().to_vec()));
+            }
+            // Peer data only comes once there is an allocation.
+            if let Some(relayed) = relay.relayed {
+                for (peer, contents) in data {
+                    outputs.push_back(RelayOutput::PeerData { relayed, peer, contents });
+                }
             }
             Some(())
         });
@@ -277,7 +286,10 @@ impl Relays {
             let client = relay.client.as_mut()?;
             if !client.have_permission(TransportType::Udp, destination.ip()) {
                 // ICE retransmits its checks; by then the permission is there.
-                let _ = client.create_permission(TransportType::Udp, destination.ip(), t);
+                if !relay.permitted.contains(&destination.ip()) && relay.permitted.len() < MAX_WANTED_PERMISSIONS {
+                    relay.permitted.push(destination.ip());
+                    let _ = client.create_permission(TransportType::Udp, destination.ip(), t);
+                }
                 return Some(());
             }
             // Channels are bound on UDP only: turn-client-proto does not pad
@@ -464,7 +476,8 @@ impl Relays {
         }
         self.guarded(i, now, |relay, _| {
             let client = relay.client.as_mut()?;
-            if !client.have_permission(TransportType::Udp, ip) {
+            if !relay.permitted.contains(&ip) && relay.permitted.len() < MAX_WANTED_PERMISSIONS {
+                relay.permitted.push(ip);
                 let _ = client.create_permission(TransportType::Udp, ip, t);
             }
             Some(())
@@ -517,6 +530,7 @@ impl Relays {
             self.outputs.push_back(RelayOutput::StreamClose { stream });
         }
         relay.channels.clear();
+        relay.permitted.clear();
         relay.wake = None;
     }
 

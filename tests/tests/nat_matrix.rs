@@ -1,0 +1,170 @@
+//! Every pair of NAT kinds connects (docs/PROTOCOL.md §5.4): sidecars in the
+//! NAT lab (tests/src/netlab.rs), each behind a router of one kind: none
+//! (public address), port-restricted cone, symmetric, and UDP blocked
+//! entirely (only TCP gets out). The registry and coturn stand on the lab's
+//! internet; the sidecars carry no TURN settings and take the TURN servers
+//! (UDP, TCP and TLS, REST credentials) from the registry's `/api/config`.
+//!
+//! Each of the 10 unordered pairs of kinds forms a link, carries messages
+//! both ways, and takes the path the NATs allow: direct UDP between the two
+//! routers where hole punching works, the relay otherwise. The path is read
+//! twice: from the sidecars' own `status`, and from the routers' kernel
+//! counters, which do not depend on anything the sidecars say.
+
+use std::time::{Duration, Instant};
+
+use chatixia_e2e::netlab::{Coturn, Lab, NatKind, OUTSIDE_IPS, Site, TurnTls};
+use chatixia_e2e::sidecar::{Sidecar, mesh_message};
+use chatixia_e2e::{Registry, Scratch, tls_proxy};
+use serde_json::{Value, json};
+
+const SECRET: &str = "lab-rest-secret";
+
+/// How fast a pair must link; generous under emulation.
+fn link_limit() -> Duration {
+    if std::env::var_os("CHATIXIA_BIN_RUNNER").is_some() { Duration::from_secs(30) } else { Duration::from_secs(5) }
+}
+
+struct World {
+    lab: Lab,
+    registry: Registry,
+    dir: Scratch,
+    /// Two sites of each kind, so that a kind can meet itself.
+    sites: Vec<(NatKind, [Site; 2])>,
+}
+
+fn kinds() -> [NatKind; 4] {
+    // The UDP-blocked site may send UDP only to an outside host that is
+    // never used: nothing of ours gets out over UDP.
+    [NatKind::Public, NatKind::Cone, NatKind::Symmetric, NatKind::UdpBlocked { allow: OUTSIDE_IPS[2] }]
+}
+
+fn name(kind: NatKind) -> &'static str {
+    match kind {
+        NatKind::Public => "public",
+        NatKind::Cone => "cone",
+        NatKind::Symmetric => "symmetric",
+        NatKind::UdpBlocked { .. } => "udp-blocked",
+    }
+}
+
+fn world(tag: &str) -> Option<World> {
+    let lab = Lab::new(tag)?;
+    let sites: Vec<(NatKind, [Site; 2])> = kinds().into_iter().map(|k| (k, [lab.site(k), lab.site(k)])).collect();
+    let coturn = Coturn { secret: Some(SECRET.into()), tls: Some(TurnTls::lab_fixture()), ..Coturn::default() };
+    let turn = lab.start_coturn(coturn);
+    let dir = Scratch::new(&format!("nat-{tag}"));
+    std::fs::write(dir.path().join("api_keys.json"), keys(10)).unwrap();
+    let urls = [turn.turn_url("udp"), turn.turn_url("tcp"), turn.turns_url().expect("TLS")].join(",");
+    let registry = lab.start_registry_with(dir.path(), &[], &[("TURN_URL", &urls), ("TURN_SECRET", SECRET)]);
+    Some(World { lab, registry, dir, sites })
+}
+
+fn keys(pairs: usize) -> String {
+    let entries: Vec<String> =
+        (0..pairs * 2).map(|i| format!("\"key-p{i}\":{{\"peer_id\":\"p{i}\",\"role\":\"agent\"}}")).collect();
+    format!("{{\"keys\":{{{}}}}}", entries.join(","))
+}
+
+/// What one pair showed.
+struct Outcome {
+    pair: String,
+    took: Duration,
+    paths: [Value; 2],
+    direct: u64,
+    relayed: u64,
+}
+
+fn start(w: &World, site: &Site, peer: &str) -> Sidecar {
+    let ca = tls_proxy::ca_file();
+    let env = [("REGISTRY_CA_FILE", ca.to_str().unwrap()), ("RUST_LOG", "info,chatixia_sidecar::core::turn=debug")];
+    site.start_sidecar(&w.registry, w.dir.path(), &format!("key-{peer}"), peer, &env)
+}
+
+/// Links a sidecar on `a` with one on `b` and checks what went between them.
+fn run_pair(w: &World, n: usize, a: &Site, b: &Site, label: String) -> Outcome {
+    let (pa, pb) = (format!("p{}", 2 * n), format!("p{}", 2 * n + 1));
+    let (before_a, before_b) = (a.counters(), b.counters());
+    let direct_before = w.lab.direct_udp(a, b).packets;
+    let first = start(w, a, &pa);
+    let mut agent_a = first.agent();
+    let started = Instant::now();
+    let second = start(w, b, &pb);
+    let mut agent_b = second.agent();
+    agent_a.wait_for_within(link_limit(), "peer_connected", |e| {
+        e["type"] == "peer_connected" && e["payload"]["peer_id"] == pb.as_str()
+    });
+    let took = started.elapsed();
+    agent_b.wait_connected(&[&pa]);
+    agent_a.send(&pb, mesh_message("hello", "r1", json!({"from": pa})));
+    agent_b.send(&pa, mesh_message("hello", "r2", json!({"from": pb})));
+    assert_eq!(agent_b.next_message()["message"]["payload"]["from"], pa.as_str(), "{label}");
+    assert_eq!(agent_a.next_message()["message"]["payload"]["from"], pb.as_str(), "{label}");
+    let paths = [agent_a.status()["paths"][&pb].clone(), agent_b.status()["paths"][&pa].clone()];
+    let direct = w.lab.direct_udp(a, b).packets - direct_before;
+    let (after_a, after_b) = (a.counters(), b.counters());
+    let relayed =
+        (after_a.out.turn.packets + after_a.out.relay.packets + after_b.out.turn.packets + after_b.out.relay.packets)
+            - (before_a.out.turn.packets
+                + before_a.out.relay.packets
+                + before_b.out.turn.packets
+                + before_b.out.relay.packets);
+    drop((first, second));
+    Outcome { pair: label, took, paths, direct, relayed }
+}
+
+fn relayed_path(paths: &[Value; 2]) -> bool {
+    paths.iter().any(|p| p["local"] == "relay" || p["remote"] == "relay")
+}
+
+/// Whether the two NATs let UDP hole punching work.
+fn direct_possible(a: NatKind, b: NatKind) -> bool {
+    use NatKind::*;
+    match (a, b) {
+        (UdpBlocked { .. }, _) | (_, UdpBlocked { .. }) => false,
+        (Public, _) | (_, Public) => true,
+        (Cone, Cone) => true,
+        _ => false,
+    }
+}
+
+#[test]
+fn every_pair_of_nat_kinds_links_directly_where_it_can_and_through_the_relay_otherwise() {
+    let Some(w) = world("matrix") else { return };
+    let mut outcomes = Vec::new();
+    let mut n = 0;
+    for i in 0..w.sites.len() {
+        for j in i..w.sites.len() {
+            let (ka, sites_a) = &w.sites[i];
+            let (kb, sites_b) = &w.sites[j];
+            let label = format!("{} ↔ {}", name(*ka), name(*kb));
+            let outcome = run_pair(&w, n, &sites_a[0], &sites_b[1], label);
+            n += 1;
+            let expect_direct = direct_possible(*ka, *kb);
+            eprintln!(
+                "{:<28} linked in {:>7.1} ms, path {} / {}, direct UDP packets {}, to TURN {}",
+                outcome.pair,
+                outcome.took.as_secs_f64() * 1000.0,
+                outcome.paths[0],
+                outcome.paths[1],
+                outcome.direct,
+                outcome.relayed
+            );
+            assert!(outcome.took <= link_limit(), "{}: {:?}", outcome.pair, outcome.took);
+            if expect_direct {
+                assert!(
+                    !relayed_path(&outcome.paths),
+                    "{}: relayed though direct works: {:?}",
+                    outcome.pair,
+                    outcome.paths
+                );
+                assert!(outcome.direct > 0, "{}: no UDP went directly between the routers", outcome.pair);
+            } else {
+                assert!(relayed_path(&outcome.paths), "{}: not relayed: {:?}", outcome.pair, outcome.paths);
+                assert!(outcome.relayed > 0, "{}: nothing went to the TURN server", outcome.pair);
+            }
+            outcomes.push(outcome);
+        }
+    }
+    assert_eq!(outcomes.len(), 10);
+}
