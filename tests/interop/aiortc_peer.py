@@ -16,9 +16,10 @@ Progress goes to stdout, one line each, flushed, for the Rust test to await:
   got <type> <request_id>  any other MeshMessage (it is echoed back)
   done                     before a clean exit
 Failures go to stderr and exit non-zero; everything is bounded by --timeout.
-Only 127.0.0.1 is used: aioice skips loopback when gathering host
-candidates, so host gathering is patched to return exactly 127.0.0.1, and no
-STUN server is configured.
+Host candidates are exactly --host (127.0.0.1 by default: aioice skips
+loopback when it gathers, so gathering is patched). No STUN or TURN server
+is used unless --ice-config asks the registry for its ICE servers (with the
+JWT, as our sidecar does); then its turn: entries are used.
 """
 
 import argparse
@@ -30,11 +31,8 @@ import urllib.request
 
 import aioice.ice
 import websockets
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
-
-# Gotcha 1 (aiortc skips loopback): aioice drops 127.0.0.1 from host candidates.
-aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 
 def say(*parts):
@@ -56,6 +54,22 @@ def get_token(registry, api_key):
     return body["token"], body["peer_id"]
 
 
+def get_ice_servers(registry, token):
+    """The registry's TURN servers (turn: URLs over UDP or TCP) as aiortc
+    wants them; aioice has no TLS client, so turns: entries are left out."""
+    req = urllib.request.Request(f"{registry}/api/config", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        config = json.load(resp)
+    servers = []
+    for entry in config.get("iceServers", []):
+        urls = entry.get("urls", [])
+        urls = [urls] if isinstance(urls, str) else urls
+        urls = [u for u in urls if u.startswith("turn:")]
+        if urls and "username" in entry:
+            servers.append(RTCIceServer(urls=urls, username=entry["username"], credential=entry["credential"]))
+    return servers
+
+
 def parse_candidate(payload):
     """A trickled candidate as aiortc wants it; None for end of candidates."""
     line = (payload or {}).get("candidate") or ""
@@ -75,9 +89,10 @@ def parse_candidate(payload):
 
 
 class Peer:
-    def __init__(self, args):
+    def __init__(self, args, ice_servers):
         self.args = args
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # gotcha 2: no default STUN
+        # An explicit list: aiortc would add Google's STUN server by default.
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         self.remote = None  # the remote peer_id once signaling with it started
         self.remote_set = False
         self.pending = []  # candidates received before the remote description
@@ -216,8 +231,12 @@ class Peer:
 
 async def main(args):
     token, me = await asyncio.to_thread(get_token, args.registry, args.api_key)
+    ice_servers = []
+    if args.ice_config:
+        ice_servers = await asyncio.to_thread(get_ice_servers, args.registry, token)
+        say(f"ice servers {json.dumps([u for s in ice_servers for u in s.urls])}")
     ws_url = args.registry.replace("http://", "ws://", 1) + "/ws?token=" + token
-    peer = Peer(args)
+    peer = Peer(args, ice_servers)
     try:
         async with websockets.connect(ws_url, open_timeout=10) as ws:
             say(f"signaling connected as {me}")
@@ -240,7 +259,12 @@ if __name__ == "__main__":
     parser.add_argument("--role", choices=["offer", "answer"], required=True)
     parser.add_argument("--target", help="peer_id to offer to (--role offer)")
     parser.add_argument("--timeout", type=float, default=30.0, help="overall limit in seconds")
+    parser.add_argument("--host", default="127.0.0.1", help="the one host candidate address")
+    parser.add_argument("--ice-config", action="store_true", help="use the registry's TURN servers")
     args = parser.parse_args()
+    # aioice skips loopback when it gathers host addresses: hand it exactly
+    # the one to use.
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [args.host]
     if args.role == "offer" and not args.target:
         parser.error("--role offer needs --target")
     try:

@@ -5,6 +5,7 @@
 //! The binaries must be built first (`cargo build --bins`); the test
 //! command in the README does that.
 
+pub mod aiortc;
 pub mod jwt;
 pub mod netlab;
 pub mod sidecar;

@@ -168,3 +168,74 @@ fn every_pair_of_nat_kinds_links_directly_where_it_can_and_through_the_relay_oth
     }
     assert_eq!(outcomes.len(), 10);
 }
+
+/// Sends numbered `tag` messages from `from` to `to_peer` every 100 ms
+/// until the first one arrives at `to`, at most for `limit`; then waits for
+/// every one sent. Returns how long the first took, and the numbers that
+/// arrived, in arrival order.
+fn until_delivered(
+    from: &mut chatixia_e2e::sidecar::Agent,
+    to_peer: &str,
+    to: &chatixia_e2e::sidecar::Agent,
+    tag: &str,
+    limit: Duration,
+) -> (Option<Duration>, usize, Vec<u64>) {
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut got = Vec::new();
+    let mut first = None;
+    while first.is_none() && started.elapsed() < limit {
+        from.send(to_peer, mesh_message(tag, "", json!(sent)));
+        sent += 1;
+        while let Some(m) = to.next_within(Duration::from_millis(100)) {
+            if m["type"] == "message" && m["payload"]["message"]["type"] == tag {
+                got.push(m["payload"]["message"]["payload"].as_u64().unwrap());
+                first.get_or_insert(started.elapsed());
+            }
+        }
+    }
+    while got.len() < sent {
+        match to.next_within(Duration::from_secs(5)) {
+            Some(m) if m["type"] == "message" && m["payload"]["message"]["type"] == tag => {
+                got.push(m["payload"]["message"]["payload"].as_u64().unwrap())
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    (first, sent, got)
+}
+
+#[test]
+fn a_nat_that_changes_its_mapping_mid_conversation_gets_the_link_back_within_15_s() {
+    let Some(w) = world("rebind") else { return };
+    let (cone, public) = (&w.sites[1].1[0], &w.sites[0].1[1]);
+    let a = start(&w, cone, "p0");
+    let mut agent_a = a.agent();
+    let b = start(&w, public, "p1");
+    let mut agent_b = b.agent();
+    agent_a.wait_connected(&["p1"]);
+    agent_b.wait_connected(&["p0"]);
+    assert!(until_delivered(&mut agent_a, "p1", &agent_b, "before", Duration::from_secs(2)).0.is_some());
+    let ports = cone.rebind();
+    let rebound = Instant::now();
+    let limit = Duration::from_secs(15);
+    let (a_to_b, sent_ab, got_ab) = until_delivered(&mut agent_a, "p1", &agent_b, "after-a", limit);
+    let (b_to_a, sent_ba, got_ba) = until_delivered(&mut agent_b, "p0", &agent_a, "after-b", limit);
+    let back = rebound.elapsed();
+    eprintln!(
+        "cone router moved to ports {ports:?}; first message through: a→b after {a_to_b:?}, b→a after {b_to_a:?}; \
+         a→b {}/{sent_ab} arrived, b→a {}/{sent_ba}",
+        got_ab.len(),
+        got_ba.len()
+    );
+    let (a_to_b, b_to_a) = (a_to_b.expect("a→b never came back"), b_to_a.expect("b→a never came back"));
+    assert!(a_to_b <= limit && b_to_a <= limit, "{a_to_b:?} {b_to_a:?} ({back:?} in all)");
+    // Nothing sent meanwhile was lost, duplicated or reordered.
+    assert_eq!(got_ab, (0..sent_ab as u64).collect::<Vec<_>>());
+    assert_eq!(got_ba, (0..sent_ba as u64).collect::<Vec<_>>());
+    // The link itself survived: no peer_disconnected on either side.
+    for agent in [&agent_a, &agent_b] {
+        assert!(agent.next_within(Duration::from_millis(10)).is_none_or(|e| e["type"] != "peer_disconnected"));
+    }
+}
