@@ -71,6 +71,8 @@ struct Outcome {
     pair: String,
     took: Duration,
     paths: [Value; 2],
+    /// The `path` of the pair's edge in the registry's topology.
+    topology: Value,
     direct: u64,
     relayed: u64,
 }
@@ -101,6 +103,18 @@ fn run_pair(w: &World, n: usize, a: &Site, b: &Site, label: String) -> Outcome {
     assert_eq!(agent_b.next_message()["message"]["payload"]["from"], pa.as_str(), "{label}");
     assert_eq!(agent_a.next_message()["message"]["payload"]["from"], pb.as_str(), "{label}");
     let paths = [agent_a.status()["paths"][&pb].clone(), agent_b.status()["paths"][&pa].clone()];
+    // The registry learns the path from mesh_status, sent when it changes.
+    let topology = (0..50)
+        .find_map(|_| {
+            let topo = w.lab.in_internet(|| w.registry.get("/api/hub/network/topology")).json();
+            let edge = topo["mesh_edges"].as_array()?.iter().find(|e| e["from_peer"] == pa.as_str())?.clone();
+            if edge["path"].is_string() {
+                return Some(edge["path"].clone());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            None
+        })
+        .unwrap_or(Value::Null);
     let direct = w.lab.direct_udp(a, b).packets - direct_before;
     let (after_a, after_b) = (a.counters(), b.counters());
     let relayed =
@@ -110,7 +124,7 @@ fn run_pair(w: &World, n: usize, a: &Site, b: &Site, label: String) -> Outcome {
                 + before_b.out.turn.packets
                 + before_b.out.relay.packets);
     drop((first, second));
-    Outcome { pair: label, took, paths, direct, relayed }
+    Outcome { pair: label, took, paths, topology, direct, relayed }
 }
 
 fn relayed_path(paths: &[Value; 2]) -> bool {
@@ -151,6 +165,8 @@ fn every_pair_of_nat_kinds_links_directly_where_it_can_and_through_the_relay_oth
                 outcome.relayed
             );
             assert!(outcome.took <= link_limit(), "{}: {:?}", outcome.pair, outcome.took);
+            let expect_edge = if expect_direct { "direct" } else { "relay" };
+            assert_eq!(outcome.topology, expect_edge, "{}: the registry's topology", outcome.pair);
             if expect_direct {
                 assert!(
                     !relayed_path(&outcome.paths),

@@ -73,6 +73,9 @@ pub struct Hub {
     conns: HashMap<ConnId, Conn>,
     by_peer: HashMap<String, ConnId>,
     mesh_status: HashMap<String, Vec<String>>,
+    /// Per reporter, the peers whose link it reported a path for, and
+    /// whether that path goes through a TURN relay.
+    mesh_paths: HashMap<String, BTreeMap<String, bool>>,
     outputs: VecDeque<HubOutput>,
     pub stats: HubStats,
 }
@@ -85,6 +88,7 @@ impl Hub {
             conns: HashMap::new(),
             by_peer: HashMap::new(),
             mesh_status: HashMap::new(),
+            mesh_paths: HashMap::new(),
             outputs: VecDeque::new(),
             stats: HubStats::default(),
         }
@@ -108,6 +112,12 @@ impl Hub {
     /// What each sidecar last reported about its open DataChannels.
     pub fn mesh_status(&self) -> &HashMap<String, Vec<String>> {
         &self.mesh_status
+    }
+
+    /// Per reporter, whether each reported link is relayed (sidecars that
+    /// report paths only).
+    pub fn mesh_paths(&self) -> &HashMap<String, BTreeMap<String, bool>> {
+        &self.mesh_paths
     }
 
     /// A WebSocket with a verified identity was accepted. An older connection
@@ -141,6 +151,7 @@ impl Hub {
         }
         self.by_peer.remove(&c.peer_id);
         self.mesh_status.remove(&c.peer_id);
+        self.mesh_paths.remove(&c.peer_id);
         if authz.is_authorized(&c.peer_id) {
             self.announce_left(&c.peer_id, authz);
         }
@@ -213,6 +224,17 @@ impl Hub {
                     Ok(mut status) => {
                         status.peers.truncate(self.config.max_reported_peers);
                         status.peers.retain(|p| p != &sender);
+                        let paths: BTreeMap<String, bool> = status
+                            .paths
+                            .into_iter()
+                            .filter(|(peer, _)| status.peers.contains(peer))
+                            .map(|(peer, path)| (peer, path.local == "relay" || path.remote == "relay"))
+                            .collect();
+                        if paths.is_empty() {
+                            self.mesh_paths.remove(&sender);
+                        } else {
+                            self.mesh_paths.insert(sender.clone(), paths);
+                        }
                         self.mesh_status.insert(sender, status.peers);
                     }
                     Err(e) => self.reject(conn, error_codes::INVALID_FRAME, &format!("bad mesh_status payload: {e}")),
@@ -257,6 +279,7 @@ impl Hub {
             if self.by_peer.get(&c.peer_id) == Some(&id) {
                 self.by_peer.remove(&c.peer_id);
                 self.mesh_status.remove(&c.peer_id);
+                self.mesh_paths.remove(&c.peer_id);
                 self.announce_left(&c.peer_id, authz);
             }
         }

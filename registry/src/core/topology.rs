@@ -47,7 +47,7 @@
 
 use crate::core::agents::{AgentRecord, Health};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Enough for a full mesh of about 300 sidecars, yet an answer of a few MB.
 pub const DEFAULT_MAX_EDGES: usize = 50_000;
@@ -56,6 +56,11 @@ pub const DEFAULT_MAX_EDGES: usize = 50_000;
 pub struct MeshEdge {
     pub from_peer: String,
     pub to_peer: String,
+    /// `relay` when either end reports the link going through a TURN
+    /// relay, `direct` when an end reports a direct path; absent when
+    /// neither says (older sidecars, or an assumed link). New.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,7 +142,7 @@ impl Topology {
                 truncated = true;
                 break;
             }
-            edges.push(MeshEdge { from_peer, to_peer });
+            edges.push(MeshEdge { from_peer, to_peer, path: None });
         }
         'pairs: for (i, from) in fallback.iter().enumerate() {
             for to in &fallback[i + 1..] {
@@ -145,7 +150,7 @@ impl Topology {
                     truncated = true;
                     break 'pairs;
                 }
-                edges.push(MeshEdge { from_peer: (*from).to_owned(), to_peer: (*to).to_owned() });
+                edges.push(MeshEdge { from_peer: (*from).to_owned(), to_peer: (*to).to_owned(), path: None });
             }
         }
         // Both sources are sorted, but a fallback pair may sort before a
@@ -206,6 +211,23 @@ impl Topology {
         }));
 
         Topology { nodes, mesh_edges: edges, truncated }
+    }
+}
+
+impl Topology {
+    /// Marks each edge with the path its ends reported: per reporter, per
+    /// peer, whether the link is relayed.
+    pub fn with_paths(mut self, paths: &HashMap<String, BTreeMap<String, bool>>) -> Topology {
+        let of = |a: &str, b: &str| paths.get(a).and_then(|p| p.get(b)).copied();
+        for e in &mut self.mesh_edges {
+            let reports = [of(&e.from_peer, &e.to_peer), of(&e.to_peer, &e.from_peer)];
+            e.path = match reports {
+                [None, None] => None,
+                _ if reports.contains(&Some(true)) => Some("relay".into()),
+                _ => Some("direct".into()),
+            };
+        }
+        self
     }
 }
 
@@ -302,6 +324,28 @@ mod tests {
         assert!(node(&t, "p-c").reported);
         assert_eq!(node(&t, "p-b").mesh_peers, ["p-a"]);
         assert!(!t.truncated);
+    }
+
+    #[test]
+    fn edges_carry_the_path_either_end_reported() {
+        let agents = [active("a", "p-a"), active("b", "p-b"), active("c", "p-c")];
+        let reports = [("p-a", vec!["p-b", "p-c"]), ("p-b", vec!["p-a", "p-c"]), ("p-c", vec!["p-a", "p-b"])];
+        let mut paths: HashMap<String, BTreeMap<String, bool>> = HashMap::new();
+        // a–b: a says direct, b says relayed (its own end is a relay).
+        paths.entry("p-a".into()).or_default().insert("p-b".into(), false);
+        paths.entry("p-b".into()).or_default().insert("p-a".into(), true);
+        // a–c: only c reports a path.
+        paths.entry("p-c".into()).or_default().insert("p-a".into(), false);
+        let t = Topology::build(&agents, reports).with_paths(&paths);
+        let path = |a: &str, b: &str| {
+            t.mesh_edges.iter().find(|e| e.from_peer == a && e.to_peer == b).and_then(|e| e.path.clone())
+        };
+        assert_eq!(path("p-a", "p-b").as_deref(), Some("relay"));
+        assert_eq!(path("p-a", "p-c").as_deref(), Some("direct"));
+        assert_eq!(path("p-b", "p-c"), None, "nobody reported a path");
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["mesh_edges"][0]["path"], "relay");
+        assert!(json["mesh_edges"][2].get("path").is_none(), "absent, not null: {json}");
     }
 
     #[test]

@@ -117,7 +117,8 @@ fn route(state: &mut RegistryState, req: &ApiRequest, seg: &[&str], admin_route:
         ("POST", ["api", "pairing", id, "revoke"]) => pairing::shut_out(state, id, ShutOut::Revoke, &admin, now),
         ("GET", ["api", "hub", "network", "topology"]) => {
             let records = state.agents.list(now.wall);
-            ApiResponse::ok(json!(Topology::build(&records, state.hub.mesh_status())))
+            let topology = Topology::build(&records, state.hub.mesh_status()).with_paths(state.hub.mesh_paths());
+            ApiResponse::ok(json!(topology))
         }
         _ => ApiResponse::json(404, &json!({"error": "no such route"})),
     }

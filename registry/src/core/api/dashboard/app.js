@@ -199,14 +199,16 @@
       if (n.agent_id) v.names.push(String(n.agent_id));
     }
     const edges = list(topo && topo.mesh_edges)
-      .map((e) => [nodes.get("p:" + e.from_peer), nodes.get("p:" + e.to_peer)])
+      .map((e) => [nodes.get("p:" + e.from_peer), nodes.get("p:" + e.to_peer), e.path === "relay"])
       .filter(([a, b]) => a && b && a !== b);
     for (const [a, b] of edges) { a.links++; b.links++; }
     const peers = [...nodes.values()];
     const real = edges.filter(([a, b]) => a.reported || b.reported).length;
+    const relayed = edges.filter(([, , r]) => r).length;
     $("mesh-count").textContent = peers.length
       ? `${peers.length} peer${peers.length === 1 ? "" : "s"}, ${edges.length} link${edges.length === 1 ? "" : "s"}` +
         (edges.length && real < edges.length ? ` (${edges.length - real} assumed)` : "") +
+        (relayed ? `, ${relayed} relayed` : "") +
         (topo && topo.truncated ? ", list truncated" : "")
       : "";
     const box = $("mesh");
@@ -228,12 +230,12 @@
     });
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "mesh", role: "img", "aria-label": "mesh topology" });
     const lines = svg("g");
-    for (const [a, b] of edges) {
+    for (const [a, b, relay] of edges) {
       const line = svg("line", {
         x1: a.x.toFixed(1), y1: a.y.toFixed(1), x2: b.x.toFixed(1), y2: b.y.toFixed(1),
-        class: "edge " + (a.reported || b.reported ? "real" : "assumed"),
+        class: "edge " + (relay ? "relayed" : a.reported || b.reported ? "real" : "assumed"),
       });
-      line.append(svg("title", {}, `${a.peer} ↔ ${b.peer}`));
+      line.append(svg("title", {}, `${a.peer} ↔ ${b.peer}${relay ? " (through a TURN relay)" : ""}`));
       lines.append(line);
     }
     root.append(lines);
