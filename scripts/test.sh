@@ -33,6 +33,18 @@ else
     echo "== aiortc venv"
     scripts/aiortc-venv.sh
 fi
+# The NAT lab (tests/src/netlab.rs) builds networks from namespaces: it
+# needs root and ip, iptables, conntrack and coturn, installed here. In CI
+# (which runs as root) a lab test that cannot run is a failure, not a skip.
+if [[ $(id -u) == 0 ]]; then
+    echo "== NAT lab tools"
+    scripts/netlab-deps.sh
+    if [[ ${CI:-} == true ]]; then
+        export CHATIXIA_REQUIRE_NETLAB=1
+    fi
+else
+    echo "== NAT lab: not root, its tests are skipped"
+fi
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== systemd units"
