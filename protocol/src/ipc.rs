@@ -106,6 +106,9 @@ pub mod error_codes {
     pub const UNKNOWN_PEER: &str = "unknown_peer";
     pub const BACKPRESSURE: &str = "backpressure";
     pub const NOT_CONNECTED: &str = "not_connected";
+    /// A message kept for a peer whose link was re-forming waited longer
+    /// than the outbox allows (new).
+    pub const EXPIRED: &str = "expired";
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -119,6 +122,9 @@ pub struct ErrorEvent {
     pub target_peer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The `request_id` of the message that could not be delivered (new).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use chatixia_protocol::mesh::{DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES_CEILING};
 use chatixia_settings::systemd::{directory, state_dir};
@@ -12,6 +13,7 @@ use chatixia_settings::text::printable;
 use chatixia_settings::{ParseError, Setting, Settings};
 use chatixia_sidecar::core::ipc::IpcConfig;
 use chatixia_sidecar::core::mesh::MeshConfig;
+use chatixia_sidecar::core::outbox::OutboxLimits;
 use chatixia_sidecar::core::peer::LinkConfig;
 use chatixia_sidecar::core::turn::TurnServer;
 use chatixia_sidecar::core::urls;
@@ -57,6 +59,12 @@ const SETTINGS: &[Setting] = &[
     Setting::switch("ICE_ALLOW_LOOPBACK", "offer loopback host candidates (tests on one machine)"),
     Setting::value("STATE_DIR", None, "state directory [default: $STATE_DIRECTORY or ./chatixia-state]"),
     Setting::value("MAX_MESSAGE_BYTES", Some("65000"), "largest DataChannel message (at most 262144)"),
+    Setting::value(
+        "OUTBOX_BYTES",
+        Some("1048576"),
+        "bytes kept per peer while its link is re-forming (then backpressure errors)",
+    ),
+    Setting::value("OUTBOX_TTL", Some("30"), "seconds a message may wait for a re-forming link (then expired)"),
     Setting::value("RUST_LOG", Some("info"), "log filter (error, warn, info, debug, trace; per module)"),
     Setting::switch("CHATIXIA_DEV", "use the development key ak_dev_001 when no credential is set").with_flag("--dev"),
 ];
@@ -266,12 +274,19 @@ fn configure(settings: &Settings) -> Result<ShellConfig, String> {
     }
     let ice_config_url = matches!(turn, TurnSource::Registry).then(|| ice_config_url(token_url));
 
+    let outbox_bytes: usize = settings.parse("OUTBOX_BYTES")?.unwrap_or(1 << 20);
+    let outbox_ttl: f64 = settings.parse("OUTBOX_TTL")?.unwrap_or(30.0);
+    if !(0.0..=86_400.0).contains(&outbox_ttl) {
+        return Err("OUTBOX_TTL must be between 0 and 86400 seconds".into());
+    }
+    let outbox = OutboxLimits { bytes: outbox_bytes, ttl: Duration::from_secs_f64(outbox_ttl) };
+
     let link = LinkConfig { max_message_bytes, ..LinkConfig::default() };
     Ok(ShellConfig {
         ipc_socket,
         host_addresses,
         stun_servers,
-        mesh: MeshConfig { link, relay_only, ..MeshConfig::default() },
+        mesh: MeshConfig { link, relay_only, outbox, ..MeshConfig::default() },
         ipc: IpcConfig::default(),
         signaling: SignalingConfig {
             token_url: token_url.to_owned(),

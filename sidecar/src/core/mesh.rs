@@ -24,6 +24,7 @@ use serde_json::Value;
 use chatixia_settings::text::clip;
 
 use super::ipc::AgentId;
+use super::outbox::{Origin, Outbox, OutboxLimits};
 use super::peer::{DtlsIdentity, LinkConfig, LinkError, LinkOutput, PathKind, PeerLink, SendError};
 use super::urls::TurnTransport;
 /// Identifies one connection instance to a peer.
@@ -84,6 +85,9 @@ pub struct MeshConfig {
     pub seed: u64,
     /// Links use relayed candidates only (`ICE_TRANSPORT_POLICY=relay`).
     pub relay_only: bool,
+    /// What is kept for a listed peer whose link is not open
+    /// (`OUTBOX_BYTES`, `OUTBOX_TTL`).
+    pub outbox: OutboxLimits,
 }
 
 impl Default for MeshConfig {
@@ -96,6 +100,7 @@ impl Default for MeshConfig {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             seed: 0x9e37_79b9_7f4a_7c15,
             relay_only: false,
+            outbox: OutboxLimits::default(),
         }
     }
 }
@@ -151,6 +156,8 @@ struct PeerState {
     recheck_at: Option<Instant>,
     /// Next re-offer delay before jitter.
     backoff: Option<Duration>,
+    /// Messages waiting for the link to open.
+    outbox: Outbox,
 }
 
 pub struct Mesh {
@@ -327,6 +334,9 @@ impl Mesh {
             if let Some(at) = st.recheck_at {
                 t = t.min(at);
             }
+            if let Some(at) = st.outbox.next_expiry() {
+                t = t.min(at);
+            }
         }
         if self.registry == RegistryState::Connected {
             t = t.min(self.status_at);
@@ -464,6 +474,7 @@ impl Mesh {
         if self.shutting_down {
             return;
         }
+        self.expire_outboxes(now);
         let mut recheck = false;
         for st in self.peers.values_mut() {
             if st.recheck_at.is_some_and(|at| at <= now) {
@@ -486,8 +497,8 @@ impl Mesh {
     pub fn handle_command(&mut self, from: AgentId, cmd: Command, now: Instant) {
         self.touch(now);
         match cmd {
-            Command::Send { target_peer, message } => self.cmd_send(from, &target_peer, &message),
-            Command::Broadcast { message } => self.cmd_broadcast(from, &message),
+            Command::Send { target_peer, message } => self.cmd_send(from, &target_peer, &message, now),
+            Command::Broadcast { message } => self.cmd_broadcast(from, &message, now),
             Command::ListPeers => {
                 let peers = self.open_peers();
                 self.reply(from, Event::PeerList { peers });
@@ -532,8 +543,19 @@ impl Mesh {
         for st in self.peers.values_mut() {
             st.recheck_at = None;
         }
-        // Forget what we know of peers that are neither listed nor linked.
-        self.peers.retain(|p, st| st.current.is_some() || self.listed.contains(p));
+        // Forget what we know of peers that are neither listed nor linked;
+        // what was kept for them cannot be delivered.
+        let gone: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(p, st)| st.current.is_none() && !self.listed.contains(*p))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in gone {
+            if let Some(mut st) = self.peers.remove(&peer) {
+                self.undeliverable(&peer, st.outbox.take_all(), error_codes::UNKNOWN_PEER, "is no longer listed");
+            }
+        }
         if !self.shutting_down {
             let listed: Vec<String> = self.listed.iter().cloned().collect();
             for peer in listed {
@@ -550,6 +572,7 @@ impl Mesh {
                     format!("{peer} is not connected to the registry"),
                     "connect",
                     Some(&peer),
+                    None,
                 );
             }
         }
@@ -565,13 +588,21 @@ impl Mesh {
             self.retire(id, now);
             self.reap(now);
         }
-        self.peers.remove(peer);
+        if let Some(mut st) = self.peers.remove(peer) {
+            self.undeliverable(peer, st.outbox.take_all(), error_codes::UNKNOWN_PEER, "left the mesh");
+        }
         self.maybe_send_status(now);
     }
 
     fn on_offer(&mut self, peer: &str, sdp: &str, now: Instant) {
         if self.shutting_down {
             return;
+        }
+        // The registry relays only between authorized, connected peers, so
+        // an offer means the peer is there, even when it joined after our
+        // last `peer_list` (joins are not pushed).
+        if self.listed.len() < MAX_LISTED {
+            self.listed.insert(peer.to_owned());
         }
         let me = self.peer_id.clone().unwrap_or_default();
         if let Some(id) = self.current_of(peer) {
@@ -810,29 +841,37 @@ impl Mesh {
 
     // ----- commands -----
 
-    fn cmd_send(&mut self, from: AgentId, target: &str, message: &MeshMessage) {
-        let text = message.to_json();
-        if let Err((code, msg)) = self.send_text(target, &text) {
-            self.reply_error(from, code, msg, "send", Some(target));
+    fn cmd_send(&mut self, from: AgentId, target: &str, message: &MeshMessage, now: Instant) {
+        if let Err((code, msg)) = self.send_text(target, message.to_json(), from, now) {
+            self.reply_error(from, code, msg, "send", Some(target), Some(&message.request_id));
         }
     }
 
-    fn cmd_broadcast(&mut self, from: AgentId, message: &MeshMessage) {
+    fn cmd_broadcast(&mut self, from: AgentId, message: &MeshMessage, now: Instant) {
         let text = message.to_json();
         let limit = self.config.link.max_message_bytes;
         if text.len() > limit {
             let msg = format!("message of {} bytes exceeds the limit of {limit} bytes", text.len());
-            self.reply_error(from, error_codes::TOO_LARGE, msg, "broadcast", None);
+            self.reply_error(from, error_codes::TOO_LARGE, msg, "broadcast", None, Some(&message.request_id));
             return;
         }
         for peer in self.open_peers() {
-            if let Err((code, msg)) = self.send_text(&peer, &text) {
-                self.reply_error(from, code, msg, "broadcast", Some(&peer));
+            if let Err((code, msg)) = self.send_text(&peer, text.clone(), from, now) {
+                self.reply_error(from, code, msg, "broadcast", Some(&peer), Some(&message.request_id));
             }
         }
     }
 
-    fn send_text(&mut self, target: &str, text: &str) -> Result<(), (&'static str, String)> {
+    /// Sends on the open link to `target`, or keeps the message in its
+    /// outbox while the peer is listed but has no open link (a link being
+    /// made or re-formed); only a peer nobody lists is refused at once.
+    fn send_text(
+        &mut self,
+        target: &str,
+        text: String,
+        origin: Origin,
+        now: Instant,
+    ) -> Result<(), (&'static str, String)> {
         let limit = self.config.link.max_message_bytes;
         if text.len() > limit {
             return Err((
@@ -840,28 +879,115 @@ impl Mesh {
                 format!("message of {} bytes exceeds the limit of {limit} bytes", text.len()),
             ));
         }
-        let Some(idx) = self.current_of(target).and_then(|id| self.index(id)) else {
-            return Err(if self.listed.contains(target) {
-                (error_codes::NOT_CONNECTED, format!("no data channel to {target} yet"))
-            } else {
-                (error_codes::UNKNOWN_PEER, format!("no peer {target}"))
+        let open = self.current_of(target).and_then(|id| self.index(id)).filter(|&i| self.conns[i].link.is_open());
+        let waiting = self.peers.get(target).is_some_and(|st| !st.outbox.is_empty());
+        if let Some(idx) = open
+            && !waiting
+        {
+            let result = self.conns[idx].link.send(&text, origin);
+            self.defer_pump(idx);
+            return result.map_err(|e| {
+                let code = match e {
+                    SendError::TooLarge { .. } => error_codes::TOO_LARGE,
+                    SendError::Backpressure => error_codes::BACKPRESSURE,
+                    SendError::NotOpen | SendError::Empty => error_codes::NOT_CONNECTED,
+                };
+                (code, format!("{target}: {e}"))
             });
-        };
-        let result = self.conns[idx].link.send(text);
+        }
+        if !self.listed.contains(target) && self.current_of(target).is_none() {
+            return Err((error_codes::UNKNOWN_PEER, format!("no peer {target}")));
+        }
+        let limits = self.config.outbox;
+        let st = self.peers.entry(target.to_owned()).or_default();
+        if st.outbox.push(origin, text, now, limits).is_err() {
+            let msg = format!("{target}: the link is not open and {} bytes already wait for it", st.outbox.bytes());
+            return Err((error_codes::BACKPRESSURE, msg));
+        }
+        if let Some(idx) = open {
+            self.flush_outbox(idx);
+        }
+        Ok(())
+    }
+
+    /// Moves what waits for a peer into its link, now open, in order, as
+    /// far as the link takes it; the rest goes once it has room.
+    fn flush_outbox(&mut self, idx: usize) {
+        let peer = self.conns[idx].peer.clone();
+        let mut too_large = Vec::new();
+        {
+            let Some(st) = self.peers.get_mut(&peer) else { return };
+            let link = &mut self.conns[idx].link;
+            while let Some((origin, text)) = st.outbox.front() {
+                match link.send(text, origin) {
+                    Ok(()) => st.outbox.pop(),
+                    Err(SendError::TooLarge { .. }) => {
+                        // The new link's peer takes less than the old one.
+                        too_large.push((origin, text.to_owned()));
+                        st.outbox.pop();
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        self.undeliverable(&peer, too_large, error_codes::TOO_LARGE, "takes smaller messages now");
         self.defer_pump(idx);
-        result.map_err(|e| {
-            let code = match e {
-                SendError::TooLarge { .. } => error_codes::TOO_LARGE,
-                SendError::Backpressure => error_codes::BACKPRESSURE,
-                SendError::NotOpen | SendError::Empty => error_codes::NOT_CONNECTED,
-            };
-            (code, format!("{target}: {e}"))
-        })
+    }
+
+    /// Messages that waited for their peer too long.
+    fn expire_outboxes(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, st)| st.outbox.next_expiry().is_some_and(|at| at <= now))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in due {
+            let expired = self.peers.get_mut(&peer).map(|st| st.outbox.expire(now)).unwrap_or_default();
+            let why = format!("had no open link for {:?}", self.config.outbox.ttl);
+            self.undeliverable(&peer, expired, error_codes::EXPIRED, &why);
+        }
+    }
+
+    /// What a link that ended had taken but not delivered: kept for the
+    /// next link while the peer is listed, reported otherwise.
+    fn requeue_undelivered(&mut self, idx: usize, now: Instant) {
+        let undelivered = self.conns[idx].link.take_undelivered();
+        if undelivered.is_empty() {
+            return;
+        }
+        let peer = self.conns[idx].peer.clone();
+        if self.listed.contains(&peer) && !self.shutting_down {
+            log::debug!("keeping {} undelivered messages for {peer}'s next link", undelivered.len());
+            let limits = self.config.outbox;
+            self.peers.entry(peer).or_default().outbox.requeue(undelivered, now, limits);
+        } else {
+            self.undeliverable(&peer, undelivered, error_codes::UNKNOWN_PEER, "left before the message arrived");
+        }
+    }
+
+    /// Tells each message's agent that it was not delivered.
+    fn undeliverable(&mut self, peer: &str, messages: Vec<(Origin, String)>, code: &str, why: &str) {
+        for (origin, text) in messages {
+            if origin == 0 {
+                continue;
+            }
+            let request_id = serde_json::from_str::<MeshMessage>(&text).map(|m| m.request_id).unwrap_or_default();
+            let msg = format!("{peer} {why}; message not delivered");
+            self.reply_error(origin, code, msg, "send", Some(peer), Some(&request_id));
+        }
     }
 
     fn cmd_connect(&mut self, from: AgentId, target: &str, now: Instant) {
         if self.peer_id.as_deref() == Some(target) {
-            self.reply_error(from, error_codes::UNKNOWN_PEER, "that is this sidecar".into(), "connect", Some(target));
+            self.reply_error(
+                from,
+                error_codes::UNKNOWN_PEER,
+                "that is this sidecar".into(),
+                "connect",
+                Some(target),
+                None,
+            );
             return;
         }
         if self.has_live_link(target) {
@@ -869,7 +995,7 @@ impl Mesh {
         }
         if self.registry != RegistryState::Connected {
             let msg = "the registry is not reachable; offers cannot be sent".to_owned();
-            self.reply_error(from, error_codes::NOT_CONNECTED, msg, "connect", Some(target));
+            self.reply_error(from, error_codes::NOT_CONNECTED, msg, "connect", Some(target), None);
             return;
         }
         if self.listed.contains(target) {
@@ -886,13 +1012,22 @@ impl Mesh {
         self.outputs.push_back(MeshOutput::Event { to: Some(to), event });
     }
 
-    fn reply_error(&mut self, to: AgentId, code: &str, message: String, command: &str, target: Option<&str>) {
+    fn reply_error(
+        &mut self,
+        to: AgentId,
+        code: &str,
+        message: String,
+        command: &str,
+        target: Option<&str>,
+        request_id: Option<&str>,
+    ) {
         let event = Event::Error(ErrorEvent {
             code: code.to_owned(),
             message: Some(message),
             command: Some(command.to_owned()),
             target_peer: target.map(str::to_owned),
             count: None,
+            request_id: request_id.filter(|r| !r.is_empty()).map(str::to_owned),
         });
         self.reply(to, event);
     }
@@ -930,6 +1065,11 @@ impl Mesh {
                 }
                 LinkOutput::Timeout(t) => {
                     self.conns[idx].deadline = t;
+                    if self.conns[idx].opened
+                        && self.peers.get(&self.conns[idx].peer).is_some_and(|st| !st.outbox.is_empty())
+                    {
+                        self.flush_outbox(idx);
+                    }
                     return;
                 }
                 LinkOutput::Open => self.on_open(idx, now),
@@ -955,6 +1095,7 @@ impl Mesh {
         }
         log::info!("data channel to {peer} is open");
         self.broadcast(Event::PeerConnected { peer_id: peer });
+        self.flush_outbox(idx);
         self.maybe_send_status(now);
     }
 
@@ -975,7 +1116,7 @@ impl Mesh {
                 target_agent: message.source_agent,
                 payload: message.payload,
             };
-            if let Err(e) = conn.link.send(&pong.to_json()) {
+            if let Err(e) = conn.link.send(&pong.to_json(), 0) {
                 log::debug!("cannot answer a ping of {}: {e}", conn.peer);
             }
             return;
@@ -990,6 +1131,7 @@ impl Mesh {
         let peer = conn.peer.clone();
         let was_open = conn.opened && !conn.reported_end;
         conn.reported_end = true;
+        self.requeue_undelivered(idx, now);
         if !current {
             return;
         }
@@ -1048,6 +1190,7 @@ impl Mesh {
         conn.reported_end = true;
         conn.awaiting_answer = false;
         conn.link.close();
+        self.requeue_undelivered(idx, now);
         self.pump(idx, now);
         self.maybe_send_status(now);
     }
@@ -1178,15 +1321,30 @@ mod tests {
 
     /// Meshes whose one host candidate is their simulated address.
     fn world(ids: &[&str]) -> World {
+        world_with(ids, MeshConfig::default())
+    }
+
+    /// Like [`world`] with `config` (its seed replaced per node).
+    fn world_with(ids: &[&str], config: MeshConfig) -> World {
         World::new(
             ids,
-            Box::new(|i, generation, addr, now| {
+            Box::new(move |i, generation, addr, now| {
                 let seed = if generation == 0 { i as u64 + 1 } else { 99 + u64::from(generation) };
-                let mut mesh = Mesh::new(MeshConfig { seed, ..MeshConfig::default() }, now);
+                let mut mesh = Mesh::new(MeshConfig { seed, ..config.clone() }, now);
                 mesh.set_local_candidates(vec![addr]);
                 mesh
             }),
         )
+    }
+
+    /// The kinds of the messages `id`'s agent received, in order.
+    fn kinds(w: &World, id: &str) -> Vec<String> {
+        w.messages(id).into_iter().map(|(_, m)| m.kind).collect()
+    }
+
+    fn send_request(w: &mut World, from: &str, to: &str, kind: &str, request_id: &str) {
+        let message = MeshMessage::new(kind, request_id, Value::Null);
+        w.command(from, Command::Send { target_peer: to.into(), message });
     }
 
     fn pair() -> World {
@@ -1442,7 +1600,7 @@ mod tests {
         let a = w.core("alpha");
         let idx = a.conns.iter().position(|c| c.peer == "bravo").unwrap();
         for junk in ["not json", "{\"payload\":1}", "[1,2]", "{\"type\":5}"] {
-            a.conns[idx].link.send(junk).unwrap();
+            a.conns[idx].link.send(junk, 0).unwrap();
         }
         a.pump(idx, now);
         w.drain("alpha");
@@ -1614,5 +1772,87 @@ mod tests {
         }));
         assert!(w.run_until(Duration::from_secs(6), |w| w.nodes[1].core.is_idle()));
         assert!(w.connected("alpha", "charlie"));
+    }
+
+    #[test]
+    fn what_is_sent_while_the_link_re_forms_waits_and_arrives_once_in_order() {
+        let mut w = pair();
+        w.block("alpha", "bravo");
+        // Taken by the link, never acknowledged: the network is gone.
+        for kind in ["m1", "m2", "m3"] {
+            w.send("alpha", "bravo", kind, Value::Null);
+        }
+        assert!(w.run_until(Duration::from_secs(20), |w| !w.connected("alpha", "bravo")));
+        // The link is down, the peer still listed: kept, not refused.
+        for kind in ["m4", "m5"] {
+            w.send("alpha", "bravo", kind, Value::Null);
+        }
+        assert!(w.errors("alpha").is_empty(), "{:?}", w.errors("alpha"));
+        w.net.unblock_all();
+        assert!(w.run_until(Duration::from_secs(25), |w| w.messages("bravo").len() == 5));
+        w.run_for(Duration::from_secs(1));
+        assert_eq!(kinds(&w, "bravo"), ["m1", "m2", "m3", "m4", "m5"]);
+        assert!(w.errors("alpha").is_empty(), "{:?}", w.errors("alpha"));
+        assert_eq!(w.link_events("alpha", "bravo"), [true, false, true]);
+    }
+
+    #[test]
+    fn a_message_that_waits_too_long_expires_with_its_request_id() {
+        let config = MeshConfig {
+            outbox: OutboxLimits { ttl: Duration::from_secs(5), ..OutboxLimits::default() },
+            ..MeshConfig::default()
+        };
+        let mut w = world_with(&["alpha", "bravo"], config);
+        w.block("alpha", "bravo");
+        w.connect("alpha");
+        w.connect("bravo");
+        // Listed, but the link never forms.
+        assert!(w.run_until(Duration::from_secs(1), |w| !w.offers.is_empty()));
+        send_request(&mut w, "bravo", "alpha", "hello", "r-7");
+        assert!(w.errors("bravo").is_empty());
+        assert!(w.run_until(Duration::from_secs(10), |w| !w.errors("bravo").is_empty()));
+        let e = w.errors("bravo").pop().unwrap();
+        assert_eq!(
+            (e.code.as_str(), e.request_id.as_deref(), e.target_peer.as_deref()),
+            (error_codes::EXPIRED, Some("r-7"), Some("alpha"))
+        );
+        assert!(w.now - w.start >= Duration::from_secs(5));
+        w.net.unblock_all();
+        assert!(w.run_until(Duration::from_secs(40), |w| w.full_mesh(&["alpha", "bravo"])));
+        w.run_for(Duration::from_secs(1));
+        assert!(w.messages("alpha").is_empty(), "an expired message is not sent later");
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_with_backpressure_and_a_gone_peer_reports_what_waited() {
+        let config =
+            MeshConfig { outbox: OutboxLimits { bytes: 400, ..OutboxLimits::default() }, ..MeshConfig::default() };
+        let mut w = world_with(&["alpha", "bravo", "charlie"], config);
+        w.block("alpha", "bravo");
+        for id in ["alpha", "bravo", "charlie"] {
+            w.connect(id);
+        }
+        assert!(w.run_until(Duration::from_secs(5), |w| w.connected("alpha", "charlie")));
+        let mut accepted = 0;
+        for n in 0..20 {
+            send_request(&mut w, "alpha", "bravo", "wait", &format!("w-{n}"));
+            if let Some(e) = w.errors("alpha").pop() {
+                assert_eq!((e.code.as_str(), e.request_id.as_deref()), (error_codes::BACKPRESSURE, Some("w-3")));
+                break;
+            }
+            accepted += 1;
+        }
+        assert_eq!(accepted, 3, "three fit in 400 bytes");
+        // bravo leaves: the registry says so, and what waited is reported.
+        w.kill("bravo", true);
+        assert!(w.run_until(Duration::from_secs(1), |w| w.errors("alpha").len() == 4));
+        let gone: Vec<(String, Option<String>)> =
+            w.errors("alpha")[1..].iter().map(|e| (e.code.clone(), e.request_id.clone())).collect();
+        let want: Vec<(String, Option<String>)> =
+            (0..3).map(|n| (error_codes::UNKNOWN_PEER.to_owned(), Some(format!("w-{n}")))).collect();
+        assert_eq!(gone, want);
+        // A peer nobody lists is refused at once.
+        send_request(&mut w, "alpha", "bravo", "late", "l-1");
+        assert_eq!(w.errors("alpha").pop().unwrap().code, error_codes::UNKNOWN_PEER);
     }
 }

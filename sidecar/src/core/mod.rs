@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod ipc;
 pub mod mesh;
 pub mod node;
+pub mod outbox;
 pub mod peer;
 #[cfg(test)]
 pub mod sim;

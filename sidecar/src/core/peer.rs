@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use chatixia_protocol::mesh::{DATA_CHANNEL_LABEL, DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES_CEILING};
 use chatixia_protocol::signaling::IceCandidatePayload;
 use chatixia_settings::text::clip;
+
+use super::outbox::Origin;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::config::DtlsCert;
@@ -330,8 +332,15 @@ pub struct PeerLink {
     remote_max_message: usize,
     /// The channel we send on: the first one that opened.
     channel: Option<ChannelId>,
-    queue: VecDeque<String>,
+    /// Waiting for room in the SCTP buffer, with who sent them.
+    queue: VecDeque<(Origin, String)>,
     queued_bytes: usize,
+    /// Written into SCTP but not yet acknowledged by the peer, with the
+    /// byte offset each one ends at: what a link that dies hands back
+    /// ([`PeerLink::take_undelivered`]). Bounded by the SCTP buffer.
+    in_flight: VecDeque<(u64, Origin, String)>,
+    /// Bytes ever written into SCTP.
+    written: u64,
     open_reported: bool,
     /// The link is over for the application; `Closed` is due or was given.
     ended: bool,
@@ -670,10 +679,11 @@ impl PeerLink {
         }
     }
 
-    /// Sends one text message. Messages are delivered in order; when the
-    /// SCTP buffer is full they wait in the per-peer queue, which is flushed
-    /// by [`PeerLink::poll_output`]. Drain `poll_output` afterwards.
-    pub fn send(&mut self, text: &str) -> Result<(), SendError> {
+    /// Sends one text message for `origin`. Messages are delivered in
+    /// order; when the SCTP buffer is full they wait in the per-peer queue,
+    /// which is flushed by [`PeerLink::poll_output`]. Drain `poll_output`
+    /// afterwards.
+    pub fn send(&mut self, text: &str, origin: Origin) -> Result<(), SendError> {
         if self.ended || !self.rtc.is_alive() {
             return Err(SendError::NotOpen);
         }
@@ -689,7 +699,10 @@ impl PeerLink {
         }
         if self.queue.is_empty() {
             match guarded(&mut self.rtc, |rtc| write_text(rtc, cid, text)) {
-                Ok(true) => return Ok(()),
+                Ok(true) => {
+                    self.sent(origin, text.to_owned());
+                    return Ok(());
+                }
                 Ok(false) => {}
                 Err(e) => {
                     self.fail(&e);
@@ -701,9 +714,51 @@ impl PeerLink {
         if self.queued_bytes + cost > self.config.max_queued_bytes {
             return Err(SendError::Backpressure);
         }
-        self.queue.push_back(text.to_owned());
+        self.queue.push_back((origin, text.to_owned()));
         self.queued_bytes += cost;
         Ok(())
+    }
+
+    /// Everything taken but not known to be delivered, oldest first, once
+    /// the link has ended: written but unacknowledged, then still queued.
+    /// The peer may have received some of the first ones (their
+    /// acknowledgement lost); sending them again is what keeps them from
+    /// being lost.
+    pub fn take_undelivered(&mut self) -> Vec<(Origin, String)> {
+        if !self.ended {
+            return Vec::new();
+        }
+        let mut out: Vec<(Origin, String)> = self.in_flight.drain(..).map(|(_, o, t)| (o, t)).collect();
+        out.extend(self.queue.drain(..));
+        self.queued_bytes = 0;
+        out
+    }
+
+    /// Bytes of messages written but not acknowledged yet.
+    pub fn in_flight_bytes(&self) -> usize {
+        self.in_flight.iter().map(|(_, _, t)| t.len()).sum()
+    }
+
+    fn sent(&mut self, origin: Origin, text: String) {
+        self.written += text.len() as u64;
+        self.in_flight.push_back((self.written, origin, text));
+    }
+
+    /// Forgets the written messages SCTP has had acknowledged: what is not
+    /// acknowledged is still in its buffer.
+    fn release_acknowledged(&mut self) {
+        let Some(cid) = self.channel else { return };
+        if self.in_flight.is_empty() || self.ended {
+            return;
+        }
+        let buffered = match guarded(&mut self.rtc, |rtc| Ok(rtc.channel(cid).map(|mut c| c.buffered_amount()))) {
+            Ok(Some(b)) => b as u64,
+            _ => return,
+        };
+        let acknowledged = self.written.saturating_sub(buffered);
+        while self.in_flight.front().is_some_and(|(end, _, _)| *end <= acknowledged) {
+            self.in_flight.pop_front();
+        }
     }
 
     /// The largest message [`PeerLink::send`] takes now: the configured limit,
@@ -805,6 +860,7 @@ impl PeerLink {
                     if self.flush_queue() {
                         continue;
                     }
+                    self.release_acknowledged();
                     let t = self.wakeup_deadline().map_or(t, |d| t.min(d));
                     return LinkOutput::Timeout(t);
                 }
@@ -850,6 +906,8 @@ impl PeerLink {
             channel: None,
             queue: VecDeque::new(),
             queued_bytes: 0,
+            in_flight: VecDeque::new(),
+            written: 0,
             open_reported: false,
             ended: false,
             closed_reported: false,
@@ -966,11 +1024,13 @@ impl PeerLink {
             return false;
         };
         let mut wrote = false;
-        while let Some(front) = self.queue.front() {
+        while let Some((_, front)) = self.queue.front() {
             match guarded(&mut self.rtc, |rtc| write_text(rtc, cid, front)) {
                 Ok(true) => {
                     self.queued_bytes -= front.len() + QUEUE_ENTRY_OVERHEAD;
-                    self.queue.pop_front();
+                    if let Some((origin, text)) = self.queue.pop_front() {
+                        self.sent(origin, text);
+                    }
                     wrote = true;
                 }
                 Ok(false) => break,
@@ -983,11 +1043,11 @@ impl PeerLink {
         wrote
     }
 
+    /// The link is over; what was not delivered stays for
+    /// [`PeerLink::take_undelivered`].
     fn end(&mut self) {
         self.ended = true;
         self.ended_at.get_or_insert(self.last_now);
-        self.queue.clear();
-        self.queued_bytes = 0;
         self.early_candidates.clear();
     }
 
@@ -1247,7 +1307,7 @@ mod tests {
         // Both ends presenting the same certificate is legal DTLS; links of
         // two sidecars never do, but the handshake must not care.
         let mut net = connect_with_sdp_candidates(&shared);
-        net.a.link.send("over a shared identity").unwrap();
+        net.a.link.send("over a shared identity", 0).unwrap();
         net.drain(true);
         assert!(net.run_until(Duration::from_secs(1), |n| n.b.messages == ["over a shared identity"]));
     }
@@ -1356,7 +1416,7 @@ mod tests {
         let (ta, tb) = (net.elapsed(net.a.opened_at), net.elapsed(net.b.opened_at));
         eprintln!("open with trickled candidates ({form:?}): offerer {ta:?}, answerer {tb:?} (simulated)");
         assert!(ta < Duration::from_millis(300) && tb < Duration::from_millis(300));
-        assert!(net.a.link.send("hi").is_ok());
+        assert!(net.a.link.send("hi", 0).is_ok());
         assert!(net.run_until(Duration::from_secs(1), |n| n.b.messages == ["hi"]));
     }
 
@@ -1384,7 +1444,7 @@ mod tests {
         a.accept_answer(&answer, start).unwrap();
         let mut net = Net::new(a, b, start);
         net.run_until_open();
-        net.b.link.send("hello").unwrap();
+        net.b.link.send("hello", 0).unwrap();
         net.drain(false);
         assert!(net.run_until(Duration::from_secs(1), |n| n.a.messages == ["hello"]));
     }
@@ -1398,8 +1458,8 @@ mod tests {
         for i in 0..n {
             let ma = format!("{{\"type\":\"a\",\"n\":{i}}}");
             let mb = format!("b{i}-{}", "y".repeat(i % 50));
-            net.a.link.send(&ma).unwrap();
-            net.b.link.send(&mb).unwrap();
+            net.a.link.send(&ma, 0).unwrap();
+            net.b.link.send(&mb, 0).unwrap();
             sent_a.push(ma);
             sent_b.push(mb);
             if i % 7 == 0 {
@@ -1416,7 +1476,7 @@ mod tests {
         assert_eq!(net.b.messages, sent_a);
         assert_eq!(net.a.messages, sent_b);
         // str0m cannot send an empty message, so it is refused, not lost.
-        assert_eq!(net.a.link.send(""), Err(SendError::Empty));
+        assert_eq!(net.a.link.send("", 0), Err(SendError::Empty));
     }
 
     #[test]
@@ -1424,16 +1484,16 @@ mod tests {
         let mut net = connect();
         assert_eq!(net.a.link.send_limit(), DEFAULT_MAX_MESSAGE_BYTES);
         let big: String = (0..65_000u32).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-        net.a.link.send(&big).unwrap();
+        net.a.link.send(&big, 0).unwrap();
         net.drain(true);
         let too_big = "z".repeat(65_001);
-        assert_eq!(net.a.link.send(&too_big), Err(SendError::TooLarge { len: 65_001, max: 65_000 }));
-        assert_eq!(net.b.link.send(&too_big), Err(SendError::TooLarge { len: 65_001, max: 65_000 }));
+        assert_eq!(net.a.link.send(&too_big, 0), Err(SendError::TooLarge { len: 65_001, max: 65_000 }));
+        assert_eq!(net.b.link.send(&too_big, 0), Err(SendError::TooLarge { len: 65_001, max: 65_000 }));
         assert!(net.run_until(Duration::from_secs(2), |n| !n.b.messages.is_empty()));
         assert_eq!(net.b.messages.len(), 1);
         assert!(net.b.messages[0] == big, "big message corrupted");
         // A refused message does not hurt the channel.
-        net.a.link.send("after").unwrap();
+        net.a.link.send("after", 0).unwrap();
         net.drain(true);
         assert!(net.run_until(Duration::from_secs(1), |n| n.b.messages.len() == 2));
         assert!(net.a.closed_at.is_none() && net.b.closed_at.is_none());
@@ -1455,8 +1515,8 @@ mod tests {
         let mut net = Net::new(a, b, start);
         net.run_until_open();
         assert_eq!(net.a.link.send_limit(), 1000);
-        assert_eq!(net.a.link.send(&"q".repeat(1001)), Err(SendError::TooLarge { len: 1001, max: 1000 }));
-        net.a.link.send(&"q".repeat(1000)).unwrap();
+        assert_eq!(net.a.link.send(&"q".repeat(1001), 0), Err(SendError::TooLarge { len: 1001, max: 1000 }));
+        net.a.link.send(&"q".repeat(1000), 0).unwrap();
         // b saw str0m's own (larger) advertisement and keeps our limit.
         assert_eq!(net.b.link.send_limit(), DEFAULT_MAX_MESSAGE_BYTES);
     }
@@ -1469,7 +1529,7 @@ mod tests {
         let mut sent = Vec::new();
         loop {
             let msg = format!("{:06}{chunk}", sent.len());
-            match net.a.link.send(&msg) {
+            match net.a.link.send(&msg, 0) {
                 Ok(()) => sent.push(msg),
                 Err(SendError::Backpressure) => break,
                 Err(e) => panic!("{e}"),
@@ -1486,7 +1546,7 @@ mod tests {
         assert!(net.b.messages == sent, "flood arrived out of order or corrupted");
         assert_eq!(net.a.link.queued_bytes(), 0);
         // Room again.
-        net.a.link.send("more").unwrap();
+        net.a.link.send("more", 0).unwrap();
     }
 
     #[test]
@@ -1494,7 +1554,7 @@ mod tests {
         let mut net = connect();
         let t0 = net.now;
         net.a.link.close();
-        assert_eq!(net.a.link.send("late"), Err(SendError::NotOpen));
+        assert_eq!(net.a.link.send("late", 0), Err(SendError::NotOpen));
         assert!(!net.a.link.is_open());
         net.drain(true);
         assert!(net.a.closed_at.is_some(), "local close reports Closed too");
@@ -1502,7 +1562,7 @@ mod tests {
         let took = net.b.closed_at.unwrap() - t0;
         eprintln!("remote saw close after {took:?} (simulated)");
         assert!(took < Duration::from_millis(100));
-        assert_eq!(net.b.link.send("late"), Err(SendError::NotOpen));
+        assert_eq!(net.b.link.send("late", 0), Err(SendError::NotOpen));
         assert!(net.run_until(Duration::from_secs(5), |n| { !n.a.link.is_alive() && !n.b.link.is_alive() }));
         // Nothing more from either, ever.
         net.run_until(Duration::from_secs(2), |_| false);
@@ -1520,7 +1580,7 @@ mod tests {
         eprintln!("vanished peer detected after {took:?} (simulated, silence timeout)");
         assert!(took <= Duration::from_secs(15), "{took:?}");
         assert!(!net.a.link.is_alive());
-        assert_eq!(net.a.link.send("x"), Err(SendError::NotOpen));
+        assert_eq!(net.a.link.send("x", 0), Err(SendError::NotOpen));
     }
 
     #[test]
@@ -1599,8 +1659,8 @@ mod tests {
             net.drain(false);
         }
         assert!(net.b.closed_at.is_none(), "garbage closed the link");
-        net.a.link.send("still here").unwrap();
-        net.b.link.send("me too").unwrap();
+        net.a.link.send("still here", 0).unwrap();
+        net.b.link.send("me too", 0).unwrap();
         net.drain(true);
         net.drain(false);
         assert!(
@@ -1626,7 +1686,7 @@ mod tests {
         assert_eq!(b.accept_answer(&answer, now), Err(LinkError::NotExpected));
         a.accept_answer(&answer, now).unwrap();
         assert_eq!(a.accept_answer(&answer, now), Err(LinkError::NotExpected));
-        assert_eq!(a.send("x"), Err(SendError::NotOpen));
+        assert_eq!(a.send("x", 0), Err(SendError::NotOpen));
     }
 
     #[test]
@@ -1638,7 +1698,7 @@ mod tests {
         net.drain(true);
         assert!(net.a.closed_at.is_some());
         assert!(!net.a.link.is_alive());
-        assert_eq!(net.a.link.send("x"), Err(SendError::NotOpen));
+        assert_eq!(net.a.link.send("x", 0), Err(SendError::NotOpen));
         // The other side notices through its silence timeout.
         assert!(net.run_until(Duration::from_secs(20), |n| n.b.closed_at.is_some()));
     }
