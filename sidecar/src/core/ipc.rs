@@ -254,7 +254,7 @@ impl AgentHub {
 
 /// What one input line means: a command, or the `error` event its sender
 /// gets instead (the connection stays open either way).
-pub fn interpret(line: Line, limit: usize) -> Result<Command, ErrorEvent> {
+pub fn interpret(line: Line, limit: usize) -> Result<Command, Box<ErrorEvent>> {
     match line {
         Line::Text(text) => {
             Command::parse(&text).map_err(|e| line_error(error_codes::INVALID_COMMAND, e.message, e.command))
@@ -267,8 +267,8 @@ pub fn interpret(line: Line, limit: usize) -> Result<Command, ErrorEvent> {
 }
 
 /// The error for a line that is not a command.
-fn line_error(code: &str, message: String, command: Option<String>) -> ErrorEvent {
-    ErrorEvent { code: code.into(), message: Some(message), command, ..Default::default() }
+fn line_error(code: &str, message: String, command: Option<String>) -> Box<ErrorEvent> {
+    Box::new(ErrorEvent { code: code.into(), message: Some(message), command, ..Default::default() })
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ async fn agent(
                             return "sidecar is stopping".to_owned();
                         }
                     }
-                    Err(error) => hub.borrow_mut().deliver(Some(id), &Event::Error(error)),
+                    Err(error) => hub.borrow_mut().deliver(Some(id), &Event::Error(*error)),
                 }
             }
         }
