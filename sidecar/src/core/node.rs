@@ -48,6 +48,8 @@ pub enum SignalingEvent {
     /// The registry's ICE configuration (`GET /api/config`), fetched at
     /// wall-clock time `unix_now`, or why it could not be had.
     IceConfig { result: Result<String, String>, unix_now: u64 },
+    /// A binary frame from the registry: TURN from its relay.
+    Binary(Vec<u8>),
 }
 
 /// Which name lookup an answer belongs to.
@@ -73,6 +75,8 @@ pub enum NodeOutput {
     },
     /// Send a text frame to the registry. Only produced while connected.
     Signal(String),
+    /// Send a binary frame to the registry (TURN to its relay).
+    SignalBinary(Vec<u8>),
     /// Deliver an event to one agent (`Some`: the reply to its command) or
     /// to all of them (`None`).
     Event {
@@ -246,9 +250,16 @@ impl Node {
         self.touch(now);
         match event {
             SignalingEvent::Connecting => self.mesh.handle_registry_connecting(),
-            SignalingEvent::Connected { peer_id } => self.mesh.handle_registry_connected(&peer_id, now),
+            SignalingEvent::Connected { peer_id } => {
+                self.mesh.handle_registry_connected(&peer_id, now);
+                self.relays.set_signaling_up(true, now);
+            }
             SignalingEvent::Frame(text) => self.mesh.handle_signal(&text, now),
-            SignalingEvent::Down => self.mesh.handle_registry_down(),
+            SignalingEvent::Down => {
+                self.mesh.handle_registry_down();
+                self.relays.set_signaling_up(false, now);
+            }
+            SignalingEvent::Binary(bytes) => self.relays.handle_signaling_data(&bytes, now),
             SignalingEvent::IceConfig { result: Ok(text), unix_now } => self.handle_ice_config(&text, unix_now, now),
             SignalingEvent::IceConfig { result: Err(e), .. } => {
                 log::warn!("cannot fetch the registry's ICE configuration: {e}; asking again in a minute");
@@ -379,6 +390,7 @@ impl Node {
                 self.outputs.push_back(NodeOutput::StreamSend { stream, contents })
             }
             RelayOutput::StreamClose { stream } => self.outputs.push_back(NodeOutput::StreamClose { stream }),
+            RelayOutput::SignalingSend { contents } => self.outputs.push_back(NodeOutput::SignalBinary(contents)),
             RelayOutput::Candidate { relayed, transport, .. } => {
                 self.mesh.add_relay_candidate(relayed, relayed, transport, now)
             }

@@ -82,6 +82,11 @@ pub enum RelayOutput {
         server: SocketAddr,
         tls_name: Option<String>,
     },
+    /// Send bytes to the registry's relay as a binary frame of the
+    /// signaling WebSocket.
+    SignalingSend {
+        contents: Vec<u8>,
+    },
     /// Write to a stream; the shell keeps the order and queues what comes
     /// before the stream is connected.
     StreamSend {
@@ -144,6 +149,8 @@ pub struct Relays {
     next_stream: StreamId,
     outputs: VecDeque<RelayOutput>,
     shutting_down: bool,
+    /// The signaling WebSocket is up: allocations over it can be made.
+    signaling_up: bool,
 }
 
 impl Relays {
@@ -156,7 +163,39 @@ impl Relays {
             next_stream: 1,
             outputs: VecDeque::new(),
             shutting_down: false,
+            signaling_up: false,
         }
+    }
+
+    /// The signaling WebSocket came up or went down. An allocation over it
+    /// is made when it comes up, and is gone with it (the registry's relay
+    /// forgets it with the connection).
+    pub fn set_signaling_up(&mut self, up: bool, now: Instant) {
+        self.signaling_up = up;
+        for i in 0..self.relays.len() {
+            if self.relays[i].transport() != TurnTransport::Signaling {
+                continue;
+            }
+            if up {
+                if self.relays[i].client.is_none() {
+                    self.relays[i].failures = 0;
+                    self.relays[i].retry_at = Some(now);
+                }
+            } else if self.relays[i].client.is_some() {
+                self.fail(i, now, "the signaling WebSocket closed");
+            }
+        }
+        self.handle_timeout(now);
+    }
+
+    /// Bytes from the registry's relay, in binary frames of the signaling
+    /// WebSocket.
+    pub fn handle_signaling_data(&mut self, bytes: &[u8], now: Instant) {
+        let Some(i) = self.relays.iter().position(|r| r.transport() == TurnTransport::Signaling && r.client.is_some())
+        else {
+            return;
+        };
+        self.stream_data(i, bytes, now);
     }
 
     /// The servers to allocate on, with their addresses. Allocations on
@@ -245,6 +284,10 @@ impl Relays {
         if bytes.is_empty() {
             return self.handle_stream_closed(stream, now);
         }
+        self.stream_data(i, bytes, now);
+    }
+
+    fn stream_data(&mut self, i: usize, bytes: &[u8], now: Instant) {
         let t = self.turn_time(now);
         self.guarded(i, now, |relay, outputs| {
             let client = relay.client.as_mut()?;
@@ -283,6 +326,7 @@ impl Relays {
         let t = self.turn_time(now);
         let udp = self.relays[i].transport() == TurnTransport::Udp;
         self.guarded(i, now, |relay, outputs| {
+            let way = (relay.transport(), relay.stream);
             let client = relay.client.as_mut()?;
             if !client.have_permission(TransportType::Udp, destination.ip()) {
                 // ICE retransmits its checks; by then the permission is there.
@@ -302,10 +346,7 @@ impl Relays {
             match client.send_to(TransportType::Udp, destination, contents, t) {
                 Ok(Some(build)) => {
                     let transmit = build.build();
-                    outputs.push_back(match relay.stream {
-                        Some(stream) => RelayOutput::StreamSend { stream, contents: transmit.data },
-                        None => RelayOutput::Transmit { destination: transmit.to, contents: transmit.data },
-                    });
+                    outputs.push_back(write_for(way, transmit.to, transmit.data));
                 }
                 Ok(None) => {}
                 Err(e) => log::trace!("TURN {}: cannot relay to {destination}: {e}", relay.server.url),
@@ -377,6 +418,16 @@ impl Relays {
                 };
                 catch_unwind(AssertUnwindSafe(|| Client::Udp(TurnClientUdp::allocate(local, addr, config))))
             }
+            TurnTransport::Signaling => {
+                if !self.signaling_up {
+                    // Made when the WebSocket comes up (set_signaling_up).
+                    return;
+                }
+                // Any address does for both ends: the registry knows the
+                // connection, and nothing is sent by address.
+                let local = SocketAddr::new(unspecified(addr.ip()), 0);
+                catch_unwind(AssertUnwindSafe(|| Client::Tcp(TurnClientTcp::allocate(local, addr, config))))
+            }
             TurnTransport::Tcp | TurnTransport::Tls => {
                 let stream = self.next_stream;
                 self.next_stream += 1;
@@ -405,6 +456,7 @@ impl Relays {
         let epoch = self.epoch;
         let mut events = Vec::new();
         let polled = self.guarded(i, now, |relay, outputs| {
+            let way = (relay.transport(), relay.stream);
             let client = relay.client.as_mut()?;
             let mut closed = false;
             for _ in 0..1024 {
@@ -412,10 +464,7 @@ impl Relays {
                 while let Some(transmit) = client.poll_transmit(t) {
                     progressed = true;
                     let contents = transmit.data.to_vec();
-                    outputs.push_back(match relay.stream {
-                        Some(stream) => RelayOutput::StreamSend { stream, contents },
-                        None => RelayOutput::Transmit { destination: transmit.to, contents },
-                    });
+                    outputs.push_back(write_for(way, transmit.to, contents));
                 }
                 while let Some(event) = client.poll_event() {
                     progressed = true;
@@ -506,6 +555,7 @@ impl Relays {
     fn end(&mut self, i: usize, now: Instant) {
         let t = self.turn_time(now);
         let relay = &mut self.relays[i];
+        let way = (relay.transport(), relay.stream);
         if let Some(relayed) = relay.relayed.take() {
             self.outputs.push_back(RelayOutput::CandidateGone { relayed });
         }
@@ -520,10 +570,7 @@ impl Relays {
                 out
             }));
             for (destination, contents) in deleted.unwrap_or_default() {
-                self.outputs.push_back(match relay.stream {
-                    Some(stream) => RelayOutput::StreamSend { stream, contents },
-                    None => RelayOutput::Transmit { destination, contents },
-                });
+                self.outputs.push_back(write_for(way, destination, contents));
             }
         }
         if let Some(stream) = relay.stream.take() {
@@ -589,6 +636,14 @@ pub fn servers_from_ice_config(text: &str) -> Result<(Vec<TurnServer>, Option<u6
     struct Config {
         #[serde(rename = "iceServers", default)]
         ice_servers: Vec<Entry>,
+        /// The registry's own relay over the signaling WebSocket (ours).
+        #[serde(rename = "relayWebSocket", default)]
+        relay_websocket: Option<Credentials>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Credentials {
+        username: String,
+        credential: String,
     }
     #[derive(serde::Deserialize)]
     struct Entry {
@@ -632,7 +687,25 @@ pub fn servers_from_ice_config(text: &str) -> Result<(Vec<TurnServer>, Option<u6
             expiry = Some(expiry.map_or(at, |e| e.min(at)));
         }
     }
+    if let Some(c) = config.relay_websocket
+        && servers.len() < MAX_SERVERS
+    {
+        if let Some(at) = c.username.split(':').next().and_then(|t| t.parse::<u64>().ok()) {
+            expiry = Some(expiry.map_or(at, |e| e.min(at)));
+        }
+        servers.push(TurnServer { url: TurnUrl::signaling(), username: c.username, password: c.credential });
+    }
     Ok((servers, expiry))
+}
+
+/// How bytes for a relay's server leave: on the UDP socket, its stream, or
+/// the signaling WebSocket.
+fn write_for(way: (TurnTransport, Option<StreamId>), destination: SocketAddr, contents: Vec<u8>) -> RelayOutput {
+    match way {
+        (TurnTransport::Signaling, _) => RelayOutput::SignalingSend { contents },
+        (_, Some(stream)) => RelayOutput::StreamSend { stream, contents },
+        (_, None) => RelayOutput::Transmit { destination, contents },
+    }
 }
 
 fn unspecified(like: IpAddr) -> IpAddr {

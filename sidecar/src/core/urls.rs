@@ -211,6 +211,10 @@ pub enum TurnTransport {
     /// TCP with TLS (`turns:`), checked against the same trust roots as the
     /// registry's `https://`/`wss://`.
     Tls,
+    /// The registry's own relay, reached over the signaling WebSocket
+    /// (binary frames carrying TURN's stream framing): no URL, no address;
+    /// works wherever the registry's WebSocket does.
+    Signaling,
 }
 
 impl TurnTransport {
@@ -219,6 +223,7 @@ impl TurnTransport {
             TurnTransport::Udp => "udp",
             TurnTransport::Tcp => "tcp",
             TurnTransport::Tls => "tls",
+            TurnTransport::Signaling => "websocket",
         }
     }
 }
@@ -234,6 +239,9 @@ pub struct TurnUrl {
 
 impl fmt::Display for TurnUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.transport == TurnTransport::Signaling {
+            return f.write_str("the registry's relay over the signaling WebSocket");
+        }
         let scheme = if self.transport == TurnTransport::Tls { "turns" } else { "turn" };
         let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
         write!(f, "{scheme}:{host}:{}", self.port)?;
@@ -245,8 +253,17 @@ impl fmt::Display for TurnUrl {
 }
 
 impl TurnUrl {
-    /// The address, when the host is an IP literal (no lookup needed).
+    /// The registry's relay over the signaling WebSocket.
+    pub fn signaling() -> TurnUrl {
+        TurnUrl { host: String::new(), port: 0, transport: TurnTransport::Signaling }
+    }
+
+    /// The address, when the host is an IP literal (no lookup needed). The
+    /// signaling WebSocket needs none: it stands for an unspecified one.
     pub fn literal(&self) -> Option<SocketAddr> {
+        if self.transport == TurnTransport::Signaling {
+            return Some(SocketAddr::from(([0, 0, 0, 0], 0)));
+        }
         self.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, self.port))
     }
 }

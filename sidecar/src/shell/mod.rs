@@ -486,6 +486,11 @@ impl Driver {
                         log::warn!("signaling queue full; dropping a frame");
                     }
                 }
+                NodeOutput::SignalBinary(bytes) => {
+                    if self.out_tx.try_send(Outgoing::Binary(bytes)).is_err() {
+                        log::debug!("signaling queue full; dropping TURN bytes for the registry's relay");
+                    }
+                }
                 NodeOutput::Event { to, event } => self.hub.borrow_mut().deliver(to, &event),
                 NodeOutput::StreamOpen { stream, server, tls_name } => self.open_stream(stream, server, tls_name),
                 NodeOutput::StreamSend { stream, contents } => {

@@ -57,6 +57,8 @@ pub struct SignalingConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
     Frame(String),
+    /// TURN's stream bytes for the registry's relay, as a binary frame.
+    Binary(Vec<u8>),
     /// Fetch the ICE configuration again (TURN credentials run out).
     FetchIceConfig,
     /// Close the WebSocket cleanly and stop.
@@ -159,18 +161,25 @@ pub async fn run(
                 log::warn!("token exchange with {} failed: {e}; retrying in {wait:.1?}", config.token_url);
                 wait
             }
-            Ok(token) => match connect_and_fetch(&config, &token.token, &events).await {
-                Err(e) => {
+            Ok(token) => match connect_and_fetch(&config, &token.token).await {
+                (Err(e), _) => {
                     let wait = backoff.next_delay(fastrand::f64());
                     log::warn!("signaling connection to {} failed: {e}; retrying in {wait:.1?}", config.signaling_url);
                     wait
                 }
-                Ok(ws) => {
+                (Ok(ws), fetched) => {
                     // Frames queued for a connection that is gone (answers
                     // to offers nobody waits for any more) are stale.
                     while outgoing.try_recv().is_ok() {}
                     log::info!("connected to the registry as {}", token.peer_id);
                     if events.send(SignalingEvent::Connected { peer_id: token.peer_id.clone() }).await.is_err() {
+                        return;
+                    }
+                    // After the drain: what the configuration makes the node
+                    // send (to the registry's relay) is for this connection.
+                    if let Some(result) = fetched
+                        && events.send(ice_config_event(result)).await.is_err()
+                    {
                         return;
                     }
                     let started = Instant::now();
@@ -194,7 +203,7 @@ pub async fn run(
                 match outgoing.recv().await {
                     Ok(Outgoing::Close) | Err(_) => return true,
                     // The next connection fetches the configuration anyway.
-                    Ok(Outgoing::Frame(_) | Outgoing::FetchIceConfig) => {}
+                    Ok(Outgoing::Frame(_) | Outgoing::Binary(_) | Outgoing::FetchIceConfig) => {}
                 }
             }
         };
@@ -214,18 +223,12 @@ pub async fn run(
 async fn connect_and_fetch(
     config: &SignalingConfig,
     token: &str,
-    events: &async_channel::Sender<SignalingEvent>,
-) -> Result<WebSocketStream<Stream>, String> {
+) -> (Result<WebSocketStream<Stream>, String>, Option<Result<String, String>>) {
     let fetch = async {
         let url = config.ice_config_url.clone()?;
         Some(fetch_ice_config(url, token.to_owned(), config.tls.clone()).await)
     };
-    let (ws, fetched) =
-        futures_lite::future::zip(connect(&config.signaling_url, token, config.tls.as_ref()), fetch).await;
-    if let Some(result) = fetched {
-        let _ = events.send(ice_config_event(result)).await;
-    }
-    ws
+    futures_lite::future::zip(connect(&config.signaling_url, token, config.tls.as_ref()), fetch).await
 }
 
 async fn connect(base: &str, token: &str, tls: Option<&Tls>) -> Result<WebSocketStream<Stream>, String> {
@@ -352,6 +355,12 @@ async fn session(
                 }
             }
             Wake::Incoming(Some(Ok(Message::Pong(_)))) => ping_sent = None,
+            Wake::Incoming(Some(Ok(Message::Binary(bytes)))) => {
+                if events.send(SignalingEvent::Binary(bytes.to_vec())).await.is_err() {
+                    let _ = ws.close(None).await;
+                    return SessionEnd::Stop;
+                }
+            }
             Wake::Incoming(Some(Ok(Message::Close(frame)))) => {
                 if let Some(f) = frame {
                     log::info!("registry closed the connection: {} {}", f.code, f.reason);
@@ -367,6 +376,12 @@ async fn session(
             Wake::Incoming(None) => return SessionEnd::ClosedByRegistry,
             Wake::Outgoing(Ok(Outgoing::Frame(text))) => {
                 if let Err(e) = ws.send(Message::text(text)).await {
+                    log::debug!("signaling write failed: {e}");
+                    return SessionEnd::Error;
+                }
+            }
+            Wake::Outgoing(Ok(Outgoing::Binary(bytes))) => {
+                if let Err(e) = ws.send(Message::binary(bytes)).await {
                     log::debug!("signaling write failed: {e}");
                     return SessionEnd::Error;
                 }
