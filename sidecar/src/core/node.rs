@@ -525,6 +525,7 @@ mod tests {
                     panic!("the simulated TURN server is reached over UDP")
                 }
                 NodeOutput::RenewTurnCredentials => panic!("the simulated TURN credentials do not expire"),
+                NodeOutput::SignalBinary(_) => panic!("the simulated registry has no relay"),
             })
         }
     }
