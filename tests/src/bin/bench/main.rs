@@ -1,5 +1,6 @@
 //! `bench`: measures the README, benchmarks figures of the real release binaries on
-//! 127.0.0.1 and prints each next to its budget. Not part of the test suite.
+//! 127.0.0.1 (the `nat` section: in the NAT lab of `chatixia_e2e::netlab`)
+//! and prints each next to its budget. Not part of the test suite.
 //!
 //! Run it from the repository root with `bench/run.sh [SECTION]`, which
 //! builds the release binaries first; by hand:
@@ -18,6 +19,7 @@
 //! Each section is handed only its own options, so `bench all` takes the
 //! options of every section.
 
+mod nat;
 mod registry;
 mod report;
 mod sidecar;
@@ -42,6 +44,12 @@ const SECTIONS: &[(&str, &str, Section, Flags)] = &[
         "sidecar RSS, threads, idle CPU, start to peer_connected, round trip, throughput, mesh",
         sidecar::run,
         sidecar::FLAGS,
+    ),
+    (
+        "nat",
+        "NAT lab (root): every pair of NAT kinds linking, round trip and throughput direct and through TURN",
+        nat::run,
+        nat::FLAGS,
     ),
 ];
 
@@ -80,6 +88,8 @@ fn usage() -> String {
     text.push_str(registry::OPTIONS);
     text.push_str("\nsidecar options:\n");
     text.push_str(sidecar::OPTIONS);
+    text.push_str("\nnat options:\n");
+    text.push_str(nat::OPTIONS);
     text
 }
 
@@ -138,5 +148,8 @@ mod tests {
         assert_eq!(section_args(&args, sidecar::FLAGS).unwrap(), strings(&["--window", "8", "--quick"]));
         assert_eq!(section_args(&args, registry::FLAGS).unwrap(), strings(&["--client-threads", "2"]));
         assert!(section_args(&strings(&["--bogus"]), sidecar::FLAGS).is_err());
+        let args = strings(&["--quick", "--nat-runs", "2"]);
+        assert_eq!(section_args(&args, nat::FLAGS).unwrap(), strings(&["--nat-runs", "2"]));
+        assert_eq!(section_args(&args, sidecar::FLAGS).unwrap(), strings(&["--quick"]));
     }
 }

@@ -37,7 +37,7 @@ const STARTS: usize = 20;
 const START_LIMIT: Duration = Duration::from_secs(10);
 /// Each start takes at least this long, so the registry's token bucket
 /// (10/s, burst 20, per client address) never delays a start.
-const START_PACE: Duration = Duration::from_millis(250);
+pub(crate) const START_PACE: Duration = Duration::from_millis(250);
 const RTT_WARMUP: usize = 100;
 const RTT_ROUNDS: usize = 2_000;
 const RTT_LIMIT: Duration = Duration::from_secs(30);
@@ -46,13 +46,13 @@ const BULK_BYTES: usize = 16 * 1024;
 /// Messages accepted by A but not yet seen by B's agent: at most 60 (with
 /// 32 bytes of accounting each, just under the sidecar's 1 MiB per-peer
 /// send queue, so a full window alone never meets backpressure).
-const MAX_WINDOW: u64 = 60;
+pub(crate) const MAX_WINDOW: u64 = 60;
 const BULK_MESSAGES: u64 = 100_000;
 const BULK_TIME: Duration = Duration::from_secs(5);
 /// Wait between a state change and reading VmRSS.
 const SETTLE: Duration = Duration::from_millis(500);
 /// Bound on any single awaited event.
-const EVENT_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const EVENT_LIMIT: Duration = Duration::from_secs(10);
 
 struct Options {
     quick: bool,
@@ -79,13 +79,17 @@ pub fn run(report: &mut Report, args: &[String]) -> Result<(), String> {
     let opts = parse(args)?;
     report.note_setup("chatixia-sidecar", &["MAX_MESSAGE_BYTES", "TURN_URL", "ICE_TRANSPORT_POLICY", "RUST_LOG"]);
     report::raise_nofile(4096)?;
-    // The harness panics when a process does not come up; a failed run, not a crash.
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), String> {
+    unpanicked(|| {
         idle(report)?;
         second_start(report)?;
         mesh(report, &opts)
-    }));
-    match outcome {
+    })
+}
+
+/// Runs `f`, turning a panic into an error: the harness panics when a
+/// process does not come up, which is a failed run, not a crash.
+pub(crate) fn unpanicked(f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(result) => result,
         Err(panic) => Err(panic
             .downcast_ref::<String>()
@@ -303,25 +307,17 @@ fn mesh(report: &mut Report, opts: &Options) -> Result<(), String> {
     ));
 
     // Throughput bench-s00 -> bench-s01.
-    let pid_b = procs[1].child.id();
-    let cpu_before = (report::process_cpu(pid)?, report::process_cpu(pid_b)?, report::thread_cpu());
-    let (bytes_per_sec, note, threads_under_load, took) = throughput(a, b, pid, opts.window)?;
-    let cpu_share = |d: Duration| d.as_secs_f64() / took.as_secs_f64() * 100.0;
-    let cpu_note = format!(
-        "CPU during the run: A's sidecar {:.0} %, B's sidecar {:.0} %, the bench's sending thread {:.0} % of one core",
-        cpu_share(report::process_cpu(pid)?.saturating_sub(cpu_before.0)),
-        cpu_share(report::process_cpu(pid_b)?.saturating_sub(cpu_before.1)),
-        cpu_share(report::thread_cpu().saturating_sub(cpu_before.2)),
-    );
-    max_threads = max_threads.max(threads_under_load);
+    let bulk = bulk(a, b, ("bench-s00", "bench-s01"), (pid, procs[1].child.id()), opts.window)?;
+    max_threads = max_threads.max(bulk.max_threads);
     report.figure(
         "DataChannel one-way throughput, 16 KiB messages",
-        bytes_per_sec / 1e6,
+        bulk.bytes_per_sec / 1e6,
         Unit::PerSec("MB"),
         Budget::AtLeast(40.0),
     );
-    report.note(&note);
-    report.note(&cpu_note);
+    for note in &bulk.notes {
+        report.note(note);
+    }
     report.note(&format!(
         "threads of bench-s00 under load: at most {max_threads} seen (sampled every 100 ms during the throughput run)"
     ));
@@ -333,7 +329,7 @@ fn mesh(report: &mut Report, opts: &Options) -> Result<(), String> {
 /// One message in flight at a time, `RTT_WARMUP` unrecorded first; sorted
 /// nanoseconds. `kind` "echo" is echoed by B's agent, "ping" answered by B's
 /// sidecar with "pong".
-fn round_trips(a: &mut Ipc, to: &str, kind: &str) -> Result<Vec<u64>, String> {
+pub(crate) fn round_trips(a: &mut Ipc, to: &str, kind: &str) -> Result<Vec<u64>, String> {
     let started = Instant::now();
     let mut rtts = Vec::with_capacity(RTT_ROUNDS);
     let want = if kind == "ping" { "pong" } else { kind };
@@ -361,17 +357,49 @@ fn round_trips(a: &mut Ipc, to: &str, kind: &str) -> Result<Vec<u64>, String> {
     Ok(rtts)
 }
 
-/// A pipelines 16 KiB messages to B with at most `window` accepted but not
-/// yet received; a `backpressure` error un-counts the refused message and
-/// pauses A for 1 ms. Returns bytes/s received by B's agent, a note, the
-/// most threads seen in A's sidecar and the wall time of the whole run.
-fn throughput(a: &mut Ipc, b: &mut Ipc, pid: u32, window: u64) -> Result<(f64, String, usize, Duration), String> {
+/// What [`bulk`] measured.
+pub(crate) struct Bulk {
+    /// Received by B's agent.
+    pub bytes_per_sec: f64,
+    /// What was sent and received, and the CPU it took.
+    pub notes: [String; 2],
+    /// The most threads seen in A's sidecar during the run.
+    pub max_threads: usize,
+}
+
+/// [`throughput`] from A (`names.0`, sidecar `pids.0`) to B, with the CPU
+/// time both sidecars and the bench's sending thread spent on it.
+pub(crate) fn bulk(a: &mut Ipc, b: &Ipc, names: (&str, &str), pids: (u32, u32), window: u64) -> Result<Bulk, String> {
+    let cpu_before = (report::process_cpu(pids.0)?, report::process_cpu(pids.1)?, report::thread_cpu());
+    let (bytes_per_sec, note, max_threads, took) = throughput(a, b, names, pids.0, window)?;
+    let cpu_share = |d: Duration| d.as_secs_f64() / took.as_secs_f64() * 100.0;
+    let cpu_note = format!(
+        "CPU during the run: A's sidecar {:.0} %, B's sidecar {:.0} %, the bench's sending thread {:.0} % of one core",
+        cpu_share(report::process_cpu(pids.0)?.saturating_sub(cpu_before.0)),
+        cpu_share(report::process_cpu(pids.1)?.saturating_sub(cpu_before.1)),
+        cpu_share(report::thread_cpu().saturating_sub(cpu_before.2)),
+    );
+    Ok(Bulk { bytes_per_sec, notes: [note, cpu_note], max_threads })
+}
+
+/// A (`names.0`) pipelines 16 KiB messages to B (`names.1`) with at most
+/// `window` accepted but not yet received; a `backpressure` error un-counts
+/// the refused message and pauses A for 1 ms. Returns bytes/s received by
+/// B's agent, a note, the most threads seen in A's sidecar (`pid`) and the
+/// wall time of the whole run.
+fn throughput(
+    a: &mut Ipc,
+    b: &Ipc,
+    names: (&str, &str),
+    pid: u32,
+    window: u64,
+) -> Result<(f64, String, usize, Duration), String> {
     let empty = mesh_message("bulk", "", json!("")).to_string().len();
     let message = mesh_message("bulk", "", json!("x".repeat(BULK_BYTES - empty)));
     if message.to_string().len() != BULK_BYTES {
         return Err("bulk message is not 16 KiB".into());
     }
-    let line = command_line("send", json!({"target_peer": "bench-s01", "message": message}));
+    let line = command_line("send", json!({"target_peer": names.1, "message": message}));
     let received = |b: &Ipc| b.counters.bulk.load(Ordering::Relaxed);
     let refused = |a: &Ipc| a.counters.backpressure.load(Ordering::Relaxed);
     let (recv0, refused0) = (received(b), refused(a));
@@ -421,8 +449,10 @@ fn throughput(a: &mut Ipc, b: &mut Ipc, pid: u32, window: u64) -> Result<(f64, S
     let lost = (sent - refusals).saturating_sub(got);
     let rate = (got * BULK_BYTES as u64) as f64 / elapsed.as_secs_f64();
     let note = format!(
-        "bench-s00 -> bench-s01: {} messages of exactly 16,384 bytes (MeshMessage JSON) read by B's agent in {:.2} s; \
+        "{} -> {}: {} messages of exactly 16,384 bytes (MeshMessage JSON) read by B's agent in {:.2} s; \
          window {window} messages; {refusals} backpressure refusals ({pauses} pauses); {lost} accepted but not received",
+        names.0,
+        names.1,
         report::thousands(got),
         elapsed.as_secs_f64()
     );
@@ -481,7 +511,7 @@ impl Env {
     }
 }
 
-fn exited_within(p: &mut Proc, limit: Duration) -> bool {
+pub(crate) fn exited_within(p: &mut Proc, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = p.child.try_wait() {
@@ -513,12 +543,13 @@ struct Counters {
 /// A bench agent: a reader thread stamps each event with the time it was
 /// read. It counts `bulk` messages and `backpressure` errors instead of
 /// forwarding them, and answers `echo` messages itself while `echo` is set.
-struct Ipc {
+pub(crate) struct Ipc {
     stream: UnixStream,
     rx: mpsc::Receiver<(Instant, Value)>,
     stash: VecDeque<(Instant, Value)>,
     counters: Arc<Counters>,
-    echo: Arc<AtomicBool>,
+    /// While set, the reader thread echoes `echo` messages back.
+    pub echo: Arc<AtomicBool>,
 }
 
 impl Drop for Ipc {
@@ -530,7 +561,7 @@ impl Drop for Ipc {
 impl Ipc {
     /// Connects once the socket is bound (polling every ms up to `limit`),
     /// then makes sure the sidecar has taken this agent on (`status`).
-    fn attach(path: &Path, limit: Duration) -> Result<Ipc, String> {
+    pub(crate) fn attach(path: &Path, limit: Duration) -> Result<Ipc, String> {
         let _ = EPOCH.get_or_init(Instant::now);
         let deadline = Instant::now() + limit;
         let stream = loop {
@@ -586,14 +617,19 @@ impl Ipc {
         self.stream.write_all(line.as_bytes()).map_err(|e| format!("IPC write: {e}"))
     }
 
-    fn status(&mut self) -> Result<Value, String> {
+    pub(crate) fn status(&mut self) -> Result<Value, String> {
         self.write(&command_line("status", Value::Null))?;
         Ok(self.wait(EVENT_LIMIT, "status", |v| v["type"] == "status")?.1)
     }
 
     /// The first event (stashed or new) matching `pred` within `limit`,
     /// with the time it was read; the others stay for later calls.
-    fn wait(&mut self, limit: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Result<(Instant, Value), String> {
+    pub(crate) fn wait(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<(Instant, Value), String> {
         if let Some(i) = self.stash.iter().position(|(_, v)| pred(v)) {
             return Ok(self.stash.remove(i).expect("index"));
         }
