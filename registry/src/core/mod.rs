@@ -18,6 +18,7 @@ pub mod pairing;
 pub mod persist;
 pub mod ratelimit;
 pub mod registry;
+pub mod relay;
 pub mod state;
 pub mod tasks;
 pub mod token;
