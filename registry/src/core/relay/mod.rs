@@ -82,6 +82,11 @@ mod ports;
 mod requests;
 mod wire;
 
+// The tests need a real clock: an Instant can only be had from it.
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod tests;
+
 pub use crate::core::hub::Authorize;
 use crate::core::ratelimit::Rate;
 use allocation::Allocation;
