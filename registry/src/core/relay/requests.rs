@@ -161,6 +161,7 @@ impl Relay {
 
     fn allocate(&mut self, client: Client, msg: &Message<'_>, authed: Authed, ctx: Ctx<'_>) {
         let key = Some(&authed.key);
+        self.drop_if_expired(client, ctx);
         if let Some(id) = self.by_client.get(&client).copied() {
             let retransmit = self
                 .allocations
@@ -304,7 +305,7 @@ impl Relay {
     }
 
     fn refresh(&mut self, client: Client, msg: &Message<'_>, authed: &Authed, ctx: Ctx<'_>) {
-        let Some(id) = self.own_allocation(client, msg, authed) else { return };
+        let Some(id) = self.own_allocation(client, msg, authed, ctx) else { return };
         let key = Some(&authed.key);
         let mut lifetime = None;
         let mut family = None;
@@ -350,7 +351,7 @@ impl Relay {
     }
 
     fn create_permission(&mut self, client: Client, msg: &Message<'_>, authed: &Authed, ctx: Ctx<'_>) {
-        let Some(id) = self.own_allocation(client, msg, authed) else { return };
+        let Some(id) = self.own_allocation(client, msg, authed, ctx) else { return };
         let key = Some(&authed.key);
         let mut peers = Vec::new();
         let mut unknown = Vec::new();
@@ -389,7 +390,7 @@ impl Relay {
     }
 
     fn channel_bind(&mut self, client: Client, msg: &Message<'_>, authed: &Authed, ctx: Ctx<'_>) {
-        let Some(id) = self.own_allocation(client, msg, authed) else { return };
+        let Some(id) = self.own_allocation(client, msg, authed, ctx) else { return };
         let key = Some(&authed.key);
         let mut number = None;
         let mut peer = None;
@@ -455,8 +456,9 @@ impl Relay {
 
     /// The allocation of `client`, if it is the requester's; otherwise the
     /// refusal is queued (437 without one, 441 for another username).
-    fn own_allocation(&mut self, client: Client, msg: &Message<'_>, authed: &Authed) -> Option<u64> {
+    fn own_allocation(&mut self, client: Client, msg: &Message<'_>, authed: &Authed, ctx: Ctx<'_>) -> Option<u64> {
         let key = Some(&authed.key);
+        self.drop_if_expired(client, ctx);
         let Some(id) = self.by_client.get(&client).copied() else {
             self.count(refusal::ALLOCATION_MISMATCH);
             self.reply_error(client, msg, ErrorCode::ALLOCATION_MISMATCH, "no allocation", key);
@@ -468,6 +470,16 @@ impl Relay {
             return None;
         }
         Some(id)
+    }
+
+    /// Removes the allocation of `client` if it expired and the shell has
+    /// not called `handle_timeout` since: it is gone for requests too.
+    fn drop_if_expired(&mut self, client: Client, ctx: Ctx<'_>) {
+        let id = self.by_client.get(&client).copied();
+        if let Some(id) = id.filter(|id| self.allocations.get(id).is_some_and(|a| !a.is_live(ctx.now))) {
+            self.remove_allocation(id);
+            self.recompute_deadline();
+        }
     }
 
     /// Whether `peer` may be permitted: only the relay's own address can.

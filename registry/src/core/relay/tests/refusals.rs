@@ -416,6 +416,17 @@ fn stale_and_foreign_nonces_get_438_with_a_fresh_one() {
 }
 
 #[test]
+fn an_expired_allocation_is_gone_even_before_handle_timeout() {
+    let mut w = World::new(config(), &["a"]);
+    let (mut c, _) = allocated(&mut w, udp(1, 1), "a");
+    // Time passes without handle_timeout being called.
+    w.now += Duration::from_secs(601);
+    assert_eq!(c.call(&mut w, REFRESH, &[]).code, Some(437));
+    assert_eq!(w.relay.stats().allocations, 0);
+    assert!(c.call(&mut w, ALLOCATE, &[&udp_transport()]).is_success());
+}
+
+#[test]
 fn timeouts_expire_allocations_and_poll_timeout_says_when() {
     let mut w = World::new(config(), &["a"]);
     assert_eq!(w.relay.poll_timeout(), None);
