@@ -8,7 +8,7 @@ mod admin;
 use chatixia_registry::core::config::RegistryConfig;
 use chatixia_registry::core::hub::HubConfig;
 use chatixia_registry::core::ratelimit::Rate;
-use chatixia_registry::shell::{self, ShellConfig};
+use chatixia_registry::shell::{self, RelaySettings, ShellConfig};
 use chatixia_settings::{Setting, Settings};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -23,6 +23,27 @@ const SETTINGS: &[Setting] = &[
     Setting::value("STUN_URLS", Some("stun:stun.l.google.com:19302"), "comma-separated STUN URLs for /api/config"),
     Setting::value("TURN_URL", None, "TURN server for /api/config"),
     Setting::value("TURN_SECRET", None, "shared secret for TURN REST credentials"),
+    Setting::value(
+        "RELAY_PORT",
+        Some("3478"),
+        "UDP and TCP port of the registry's own TURN relay (0 = off; the default is skipped with a warning when taken)",
+    ),
+    Setting::value(
+        "RELAY_ADDRESS",
+        None,
+        "address the relay gives relayed addresses on [default: BIND, or this host's outward address]",
+    ),
+    Setting::value("RELAY_PORTS", Some("49152-65535"), "range relayed ports are numbered from"),
+    Setting::value(
+        "RELAY_BANDWIDTH",
+        Some("2000000"),
+        "relayed bytes per second per allocation, bursts of 2 s (0 = no limit)",
+    ),
+    Setting::value(
+        "RELAY_TOTAL_BANDWIDTH",
+        Some("20000000"),
+        "relayed bytes per second over all allocations (0 = no limit)",
+    ),
     Setting::value("CORS_ORIGINS", Some("*"), "comma-separated allowed origins; * = any (not for admin routes)"),
     Setting::value("TRUSTED_PROXIES", None, "comma-separated proxy addresses whose X-Forwarded-For is believed"),
     Setting::value("MAX_CONNECTIONS", Some("4096"), "open TCP connections at most"),
@@ -92,6 +113,31 @@ fn start(settings: &Settings) -> Result<(), String> {
             ws_hard_cap: 2 * 1024 * 1024,
             state_dir: chatixia_settings::systemd::state_dir(settings.get("STATE_DIR")),
             signaling_secret: settings.get("SIGNALING_SECRET").map(str::to_owned),
+            relay: relay_settings(settings)?,
         },
     )
+}
+
+/// `RELAY_PORT` (3478 by default, 0 turns the relay off), `RELAY_ADDRESS`
+/// and `RELAY_PORTS` (`low-high`).
+fn relay_settings(settings: &Settings) -> Result<Option<RelaySettings>, String> {
+    let port: u16 = settings.parse("RELAY_PORT")?.unwrap_or(3478);
+    if port == 0 {
+        return Ok(None);
+    }
+    let explicit = std::env::var_os("RELAY_PORT").is_some() || std::env::args().any(|a| a.starts_with("--relay-port"));
+    let address: Option<IpAddr> = settings.parse("RELAY_ADDRESS")?;
+    let range = settings.get("RELAY_PORTS").unwrap_or("49152-65535");
+    let ports = range
+        .split_once('-')
+        .and_then(|(low, high)| Some((low.trim().parse::<u16>().ok()?, high.trim().parse::<u16>().ok()?)))
+        .filter(|(low, high)| low <= high && *low > 0)
+        .ok_or_else(|| format!("RELAY_PORTS: {range:?} is not a range like 49152-65535"))?;
+    let rate = |name| -> Result<Rate, String> {
+        // 0 is no limit (a Rate of 0 per second is unlimited).
+        let per_second: u32 = settings.parse(name)?.unwrap_or(0);
+        Ok(Rate::new(f64::from(per_second), 2.0 * f64::from(per_second)))
+    };
+    let (allocation_rate, total_rate) = (rate("RELAY_BANDWIDTH")?, rate("RELAY_TOTAL_BANDWIDTH")?);
+    Ok(Some(RelaySettings { port, address, ports, explicit, allocation_rate, total_rate }))
 }

@@ -314,11 +314,9 @@ fn turn_source(settings: &Settings) -> Result<TurnSource, String> {
         return Err(format!("TURN_URL: no usable turn: or turns: URL in {list:?}"));
     }
     match (settings.get("TURN_USERNAME"), settings.get("TURN_PASSWORD"), settings.get("TURN_SECRET")) {
-        (Some(username), Some(password), _) => Ok(TurnSource::Static(
-            urls.into_iter()
-                .map(|url| TurnServer { url, username: username.to_owned(), password: password.to_owned() })
-                .collect(),
-        )),
+        (Some(username), Some(password), _) => {
+            Ok(TurnSource::Static(urls.into_iter().map(|url| TurnServer::new(url, username, password)).collect()))
+        }
         (_, _, Some(secret)) => Ok(TurnSource::Secret { urls, secret: secret.to_owned() }),
         _ => Err("TURN_URL needs TURN_USERNAME and TURN_PASSWORD, or TURN_SECRET".into()),
     }

@@ -238,6 +238,9 @@ impl Registry {
         cmd.current_dir(dir)
             .args(["--bind", bind, "--port", &port.to_string()])
             .env_remove("SIGNALING_SECRET")
+            // The relay is off unless a test asks for it: parallel tests
+            // would race for its default port.
+            .env("RELAY_PORT", "0")
             .env("RUST_LOG", std::env::var("CHATIXIA_E2E_LOG").unwrap_or_else(|_| "info".into()));
         cmd
     }
@@ -378,6 +381,25 @@ impl Registry {
         let body = resp.body_mut().read_to_string().expect("response body");
         Reply { status: resp.status().as_u16(), headers, body }
     }
+}
+
+/// The value of one sample of a Prometheus text (`name` with its labels,
+/// exactly as written), or `None` when it is not there.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A port of 127.0.0.1 that was free for UDP and TCP a moment ago, for a
+/// server that needs the same number on both (the registry's relay).
+pub fn free_udp_tcp_port() -> u16 {
+    for _ in 0..100 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+        let port = udp.local_addr().expect("local address").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP in 100 tries");
 }
 
 /// An HTTP answer, read in full.

@@ -62,6 +62,9 @@
 //! - `UdpBlocked { allow }`: like `Cone`, but every UDP packet towards the
 //!   internet is dropped unless it goes to `allow` (typically
 //!   [`SERVER_IP`], where coturn and the registry are). TCP passes.
+//! - `OnlyTcpTo { allow }`: like `Cone`, but all UDP and every TCP
+//!   connection except to `allow` (the registry's HTTP port) is dropped, as
+//!   in networks that only let HTTPS out to known servers.
 //!
 //! # Path evidence: reading the counters
 //!
@@ -130,7 +133,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -164,6 +167,117 @@ pub enum NatKind {
     Symmetric,
     /// Cone NAT that drops all UDP except towards `allow`; TCP passes.
     UdpBlocked { allow: Ipv4Addr },
+    /// Cone NAT that lets out nothing but TCP to `allow`: a network that
+    /// only reaches one HTTPS server (the registry's port).
+    OnlyTcpTo { allow: SocketAddrV4 },
+}
+
+/// What a [`Sniffer`] saw so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sniffed {
+    pub frames: u64,
+    pub bytes: u64,
+    /// Frames that contained each needle, in the order given.
+    pub hits: Vec<u64>,
+    /// Frames the kernel dropped because the sniffer fell behind.
+    pub dropped: u64,
+}
+
+/// Reads every frame of the internet namespace (an `AF_PACKET` socket
+/// there) on a thread of its own and counts the frames that contain each
+/// needle: evidence of what crossed the lab's internet in the clear.
+/// Frames switched by the bridge are seen on each port, so counts are
+/// per sighting. Stops when dropped.
+pub struct Sniffer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<Mutex<Sniffed>>,
+    fd: Arc<std::os::fd::OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sniffer {
+    fn start(fd: std::os::fd::OwnedFd, needles: Vec<Vec<u8>>) -> Sniffer {
+        let raw = fd.as_raw_fd();
+        let timeout = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        let rcvbuf: libc::c_int = 8 << 20;
+        // SAFETY: setsockopt(2) on our socket with values of the sizes given.
+        unsafe {
+            let size = |n: usize| n as libc::socklen_t;
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                size(size_of_val(&timeout)),
+            );
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&raw const rcvbuf).cast(),
+                size(size_of_val(&rcvbuf)),
+            );
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Sniffed { hits: vec![0; needles.len()], ..Sniffed::default() }));
+        let fd = Arc::new(fd);
+        let thread = {
+            let (stop, seen, fd) = (stop.clone(), seen.clone(), fd.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536 + 64];
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: recv(2) into a buffer of the length given.
+                    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                    let Ok(n) = usize::try_from(n) else { continue };
+                    let frame = &buf[..n];
+                    let mut seen = seen.lock().unwrap();
+                    seen.frames += 1;
+                    seen.bytes += n as u64;
+                    for (i, needle) in needles.iter().enumerate() {
+                        if frame.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                            seen.hits[i] += 1;
+                        }
+                    }
+                }
+            })
+        };
+        Sniffer { stop, seen, fd, thread: Some(thread) }
+    }
+
+    /// What it saw up to now.
+    pub fn sniffed(&self) -> Sniffed {
+        #[repr(C)]
+        #[derive(Default)]
+        struct Stats {
+            packets: u32,
+            drops: u32,
+        }
+        let mut stats = Stats::default();
+        let mut len = size_of::<Stats>() as libc::socklen_t;
+        // SAFETY: PACKET_STATISTICS fills a struct tpacket_stats (two u32).
+        unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&raw mut stats).cast(),
+                &raw mut len,
+            );
+        }
+        // Reading the statistics resets them: keep the sum.
+        let mut seen = self.seen.lock().unwrap();
+        seen.dropped += u64::from(stats.drops);
+        seen.clone()
+    }
+}
+
+impl Drop for Sniffer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// A packet and byte count of one iptables rule (or several added up).
@@ -202,8 +316,8 @@ impl std::fmt::Display for Counters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "out [{}]; in [{}]; dropped: unsolicited {}, udp {}",
-            self.out, self.inbound, self.dropped_unsolicited, self.dropped_udp
+            "out [{}]; in [{}]; dropped: unsolicited {}, udp {}, tcp {}",
+            self.out, self.inbound, self.dropped_unsolicited, self.dropped_udp, self.dropped_tcp
         )
     }
 }
@@ -237,8 +351,10 @@ pub struct Counters {
     pub inbound: Traffic,
     /// Unsolicited packets to the router's WAN or LAN side, dropped.
     pub dropped_unsolicited: Count,
-    /// UDP dropped by a `UdpBlocked` router.
+    /// UDP dropped by a `UdpBlocked` or `OnlyTcpTo` router.
     pub dropped_udp: Count,
+    /// TCP dropped by an `OnlyTcpTo` router.
+    pub dropped_tcp: Count,
 }
 
 /// coturn's configuration for [`Lab::start_coturn`].
@@ -713,6 +829,20 @@ impl Lab {
         Probe::start(cmd, &format!("internet {ip}:{port}"))
     }
 
+    /// Starts watching every frame on the internet namespace's interfaces
+    /// (the segment all sites, coturn and the registry share) for
+    /// `needles`; see [`Sniffer`].
+    pub fn sniff(&self, needles: &[&[u8]]) -> Sniffer {
+        let fd = self.in_internet(|| {
+            // SAFETY: plain socket(2); the descriptor is owned right away.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32) };
+            assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+            // SAFETY: fd was just opened and nothing else owns it.
+            unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+        });
+        Sniffer::start(fd, needles.iter().map(|n| n.to_vec()).collect())
+    }
+
     /// UDP that went directly between two sites' WAN addresses, as counted
     /// by their edges (what `a` sent towards `b` plus what `b` sent towards
     /// `a`). Zero when they only ever met through the relay.
@@ -881,8 +1011,19 @@ fn router_rules(kind: NatKind, wan_ip: Ipv4Addr, generation: u16) -> String {
     rules += "-A INPUT -i wan -m comment --comment drop:unsolicited -j DROP\n";
     rules += "-A FORWARD -i wan -m conntrack ! --ctstate ESTABLISHED,RELATED -m comment --comment drop:unsolicited -j DROP\n";
     rules += "-A FORWARD -i wan -j lab_in\n";
-    if let NatKind::UdpBlocked { allow } = kind {
-        rules += &format!("-A FORWARD -o wan -p udp ! -d {allow}/32 -m comment --comment drop:udp-blocked -j DROP\n");
+    match kind {
+        NatKind::UdpBlocked { allow } => {
+            rules +=
+                &format!("-A FORWARD -o wan -p udp ! -d {allow}/32 -m comment --comment drop:udp-blocked -j DROP\n");
+        }
+        NatKind::OnlyTcpTo { allow } => {
+            rules += "-A FORWARD -o wan -p udp -m comment --comment drop:udp-blocked -j DROP\n";
+            // Counted, then let through; every other TCP connection dies.
+            let allowed = format!("-A FORWARD -o wan -p tcp -d {}/32 --dport {}", allow.ip(), allow.port());
+            rules += &format!("{allowed} -j lab_out\n{allowed} -j ACCEPT\n");
+            rules += "-A FORWARD -o wan -p tcp -m comment --comment drop:tcp-blocked -j DROP\n";
+        }
+        _ => {}
     }
     rules += "-A FORWARD -o wan -j lab_out\nCOMMIT\n";
     rules
@@ -936,6 +1077,7 @@ fn parse_counters(save: &str) -> Counters {
                 match comment {
                     "drop:unsolicited" => counters.dropped_unsolicited.add(count),
                     "drop:udp-blocked" => counters.dropped_udp.add(count),
+                    "drop:tcp-blocked" => counters.dropped_tcp.add(count),
                     _ => {}
                 }
                 continue;

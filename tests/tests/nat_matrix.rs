@@ -45,6 +45,7 @@ fn name(kind: NatKind) -> &'static str {
         NatKind::Cone => "cone",
         NatKind::Symmetric => "symmetric",
         NatKind::UdpBlocked { .. } => "udp-blocked",
+        NatKind::OnlyTcpTo { .. } => "tcp-to-registry-only",
     }
 }
 
@@ -135,7 +136,7 @@ fn relayed_path(paths: &[Value; 2]) -> bool {
 fn direct_possible(a: NatKind, b: NatKind) -> bool {
     use NatKind::*;
     match (a, b) {
-        (UdpBlocked { .. }, _) | (_, UdpBlocked { .. }) => false,
+        (UdpBlocked { .. } | OnlyTcpTo { .. }, _) | (_, UdpBlocked { .. } | OnlyTcpTo { .. }) => false,
         (Public, _) | (_, Public) => true,
         (Cone, Cone) => true,
         _ => false,

@@ -4,6 +4,7 @@
 use crate::core::hub::HubConfig;
 use crate::core::pairing::PairingLimits;
 use crate::core::ratelimit::Rate;
+use crate::core::relay::RelayConfig;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ pub struct RegistryConfig {
     /// Code checks across all clients: a 6-digit code falls to guessing
     /// from enough addresses unless the total is bounded too.
     pub pair_global_rate: Rate,
+    /// The registry's own TURN relay and the port it listens on (UDP and
+    /// TCP); `None` when `RELAY_PORT` is 0.
+    pub relay: Option<(RelayConfig, u16)>,
 }
 
 impl Default for RegistryConfig {
@@ -36,6 +40,7 @@ impl Default for RegistryConfig {
             pairing: PairingLimits::default(),
             pair_rate: Rate::per_window(5, Duration::from_secs(60)),
             pair_global_rate: Rate::per_window(60, Duration::from_secs(60)),
+            relay: None,
         }
     }
 }

@@ -170,6 +170,13 @@ impl Hub {
         self.reject(conn, error_codes::INVALID_FRAME, "binary frames are not supported; send JSON text");
     }
 
+    /// The relay could not take the TURN bytes of `conn`'s binary frames (not
+    /// TURN, or no room for another stream): its relay stream is reset, the
+    /// signaling on the socket goes on.
+    pub fn handle_relay_refused(&mut self, conn: ConnId) {
+        self.reject(conn, error_codes::INVALID_FRAME, "binary frames carry TURN only; the relay stream was reset");
+    }
+
     /// A frame above the hard cap, already discarded by the shell.
     pub fn handle_oversize(&mut self, conn: ConnId, len: usize, now: Instant) {
         self.handle_activity(conn, now);

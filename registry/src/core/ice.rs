@@ -14,6 +14,30 @@ pub fn turn_credentials(secret: &str, now_unix: u64) -> (String, String) {
     (username, credential)
 }
 
+/// The registry's own relay, for a caller with a valid JWT: a TURN entry
+/// with `host` (the name it reached us by) and the relay's port over UDP
+/// and TCP, and `relayWebSocket` for sidecars that speak TURN over their
+/// signaling WebSocket (ours; other clients ignore the field). Its
+/// `instance` changes when the relay restarts, which ends all allocations.
+pub fn add_relay(config: &mut Value, host: &str, port: u16, username: &str, credential: &str, instance: u64) {
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    let urls = [format!("turn:{host}:{port}?transport=udp"), format!("turn:{host}:{port}?transport=tcp")];
+    if let Some(servers) = config["iceServers"].as_array_mut() {
+        servers.push(json!({"urls": urls, "username": username, "credential": credential}));
+    }
+    config["relayWebSocket"] =
+        json!({"username": username, "credential": credential, "instance": format!("{instance:016x}")});
+}
+
+/// The host of a `Host` header: without its port, without IPv6 brackets.
+pub fn host_of(header: &str) -> String {
+    let header = header.trim();
+    if let Some(v6) = header.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or_default().to_owned();
+    }
+    header.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(header, |(h, _)| h).to_owned()
+}
+
 pub fn ice_config(stun_urls: &[String], turn: Option<(&str, &str)>, now_unix: u64) -> Value {
     let mut servers = Vec::new();
     if !stun_urls.is_empty() {

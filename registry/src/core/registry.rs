@@ -12,12 +12,70 @@ use crate::core::keys::KeyStore;
 use crate::core::now::Now;
 use crate::core::pairing::PairingStore;
 use crate::core::persist::{self, Dirty, PAIRING_FILE, Revisions, TASKS_FILE};
+use crate::core::relay::RelayOutput;
 use crate::core::state::{RandomSource, RegistryState};
 use crate::core::token::{Identity, TokenIssuer};
+use std::net::SocketAddr;
 
-/// What the registry wants done to a WebSocket. Every effect it has on the
-/// network is the hub's: a frame sent, a ping, a close.
-pub type RegistryOutput = HubOutput;
+/// Relay streams on TCP connections of `RELAY_PORT` are numbered from here;
+/// below it, a relay stream is the WebSocket connection of that number
+/// (TURN in binary frames).
+pub const RELAY_TCP_STREAMS: u64 = 1 << 62;
+
+/// What the registry wants done on the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryOutput {
+    /// A signaling frame for a WebSocket.
+    Send {
+        conn: ConnId,
+        text: String,
+    },
+    Ping {
+        conn: ConnId,
+    },
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: &'static str,
+    },
+    /// A datagram from the relay's UDP port.
+    RelayDatagram {
+        to: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// TURN bytes for a relay stream: a binary frame for a WebSocket, or
+    /// bytes for a TCP connection ([`RELAY_TCP_STREAMS`]). Each is whole
+    /// frames: when the stream cannot take it, drop it, as UDP would.
+    RelayStream {
+        conn: u64,
+        bytes: Vec<u8>,
+    },
+    /// A relay TCP connection sent what is not TURN, or there is no room
+    /// for it: close it. (A WebSocket hears an error frame instead.)
+    RelayClose {
+        conn: u64,
+    },
+}
+
+impl From<HubOutput> for RegistryOutput {
+    fn from(out: HubOutput) -> Self {
+        match out {
+            HubOutput::Send { conn, text } => RegistryOutput::Send { conn, text },
+            HubOutput::Ping { conn } => RegistryOutput::Ping { conn },
+            HubOutput::Close { conn, code, reason } => RegistryOutput::Close { conn, code, reason },
+        }
+    }
+}
+
+impl From<RelayOutput> for RegistryOutput {
+    fn from(out: RelayOutput) -> Self {
+        match out {
+            RelayOutput::Datagram { to, bytes } => RegistryOutput::RelayDatagram { to, bytes },
+            RelayOutput::Stream { conn, bytes } => RegistryOutput::RelayStream { conn, bytes },
+            RelayOutput::CloseStream { conn } => RegistryOutput::RelayClose { conn },
+        }
+    }
+}
 
 /// The state files of an earlier run, as the shell read them: `None` where
 /// there is no such file.
@@ -105,9 +163,45 @@ impl Registry {
         hub.handle_frame(conn, text, &authz, now.mono, now.unix_ms());
     }
 
-    /// A binary message from `conn`, which the protocol has no use for.
-    pub fn handle_ws_binary(&mut self, conn: ConnId, now: Now) {
-        self.state.hub.handle_binary(conn, now.mono);
+    /// A binary message from `conn`: TURN for the relay when it is on, of
+    /// no use to the signaling protocol otherwise.
+    pub fn handle_ws_binary(&mut self, conn: ConnId, bytes: &[u8], now: Now) {
+        match self.state.relay_with_authz() {
+            Some((relay, authz)) if conn < RELAY_TCP_STREAMS => {
+                relay.handle_stream_data(conn, bytes, now.mono, now.unix_secs(), &authz);
+                self.state.hub.handle_activity(conn, now.mono);
+            }
+            _ => self.state.hub.handle_binary(conn, now.mono),
+        }
+    }
+
+    /// A datagram on the relay's UDP port.
+    pub fn handle_relay_datagram(&mut self, from: SocketAddr, bytes: &[u8], now: Now) {
+        if let Some((relay, authz)) = self.state.relay_with_authz() {
+            relay.handle_datagram(from, bytes, now.mono, now.unix_secs(), &authz);
+        }
+    }
+
+    /// A TCP connection on the relay's port opened (`conn` at or above
+    /// [`RELAY_TCP_STREAMS`]).
+    pub fn handle_relay_stream_opened(&mut self, conn: u64, remote: SocketAddr) {
+        if let Some((relay, _)) = &mut self.state.relay {
+            relay.handle_stream_opened(conn, remote);
+        }
+    }
+
+    /// Bytes from a TCP connection on the relay's port.
+    pub fn handle_relay_stream_data(&mut self, conn: u64, bytes: &[u8], now: Now) {
+        if let Some((relay, authz)) = self.state.relay_with_authz() {
+            relay.handle_stream_data(conn, bytes, now.mono, now.unix_secs(), &authz);
+        }
+    }
+
+    /// A TCP connection on the relay's port closed.
+    pub fn handle_relay_stream_closed(&mut self, conn: u64) {
+        if let Some((relay, _)) = &mut self.state.relay {
+            relay.handle_stream_closed(conn);
+        }
     }
 
     /// A WebSocket ping or pong from `conn`: proof of life.
@@ -119,6 +213,9 @@ impl Registry {
     pub fn handle_ws_closed(&mut self, conn: ConnId) {
         let (hub, authz) = self.state.hub_with_authz();
         hub.handle_disconnect(conn, &authz);
+        if let Some((relay, _)) = &mut self.state.relay {
+            relay.handle_stream_closed(conn);
+        }
     }
 
     /// The shell could not queue a frame for `conn`: its client stopped
@@ -130,6 +227,9 @@ impl Registry {
     /// Time passed: pings that are due, closes of silent sockets.
     pub fn handle_tick(&mut self, now: Now) {
         self.state.hub.handle_tick(now.mono);
+        if let Some((relay, _)) = &mut self.state.relay {
+            relay.handle_timeout(now.mono);
+        }
     }
 
     /// The keys file was read again; sockets whose key is gone are closed.
@@ -139,7 +239,23 @@ impl Registry {
     }
 
     pub fn poll_output(&mut self) -> Option<RegistryOutput> {
-        self.state.hub.poll_output()
+        if let Some(out) = self.state.hub.poll_output() {
+            return Some(out.into());
+        }
+        match self.state.relay.as_mut()?.0.poll_output()? {
+            // A WebSocket whose TURN the relay refused keeps its signaling:
+            // its sender hears why instead of losing the socket.
+            RelayOutput::CloseStream { conn } if conn < RELAY_TCP_STREAMS => {
+                self.state.hub.handle_relay_refused(conn);
+                self.state.hub.poll_output().map(Into::into)
+            }
+            out => Some(out.into()),
+        }
+    }
+
+    /// Whether the relay is on, and the port it listens on.
+    pub fn relay_port(&self) -> Option<u16> {
+        self.state.relay.as_ref().map(|(_, port)| *port)
     }
 
     /// Where each persisted kind of state stands; compare before and after
@@ -644,7 +760,7 @@ mod tests {
         r.handle_ws_open(2, &ops, t);
         assert_eq!(r.connection_count(), 2);
 
-        r.handle_ws_binary(1, t);
+        r.handle_ws_binary(1, b"\x00\x01", t);
         assert_eq!(sent_to(&outputs(&mut r), 1)[0]["payload"]["code"], "invalid_frame");
 
         let later = Now { mono: t.mono + Duration::from_secs(31), ..t };
@@ -666,6 +782,57 @@ mod tests {
             [json!({"type": "peer_left", "peer_id": "registry", "payload": {"peer_id": "alpha"}})]
         );
         assert_eq!(r.connection_count(), 1);
+    }
+
+    #[test]
+    fn the_relay_speaks_turn_in_binary_frames_and_its_credentials_go_to_token_holders() {
+        use crate::core::relay::RelayConfig;
+        let relay = RelayConfig::new("chatixia", b"relay-secret", IpAddr::from([192, 0, 2, 1]));
+        let mut r = registry(RegistryConfig { relay: Some((relay, 3478)), ..RegistryConfig::default() });
+        let t = now();
+        let jwt = issuer().mint("alpha", "agent", t.unix_secs());
+        let alpha = r.handle_ws_upgrade(&format!("token={jwt}"), t).unwrap();
+        r.handle_ws_open(1, &alpha, t);
+        assert_eq!(r.relay_port(), Some(3478));
+
+        // A STUN Binding request, cut in two frames: one answer, in a
+        // binary frame to the same socket.
+        let mut binding = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        binding.extend_from_slice(&[7; 12]);
+        r.handle_ws_binary(1, &binding[..5], t);
+        r.handle_ws_binary(1, &binding[5..], t);
+        let outs = outputs(&mut r);
+        let [RegistryOutput::RelayStream { conn: 1, bytes }] = outs.as_slice() else { panic!("{outs:?}") };
+        assert_eq!((&bytes[..2], &bytes[8..20]), (&[0x01, 0x01][..], &[7; 12][..]), "a Binding success");
+
+        // What is not TURN resets the relay stream; the signaling goes on.
+        r.handle_ws_binary(1, &[0xff; 24], t);
+        assert_eq!(sent_to(&outputs(&mut r), 1)[0]["payload"]["code"], "invalid_frame");
+        r.handle_ws_text(1, &json!({"type": "ping", "peer_id": "alpha"}).to_string(), t);
+        assert!(outputs(&mut r).iter().all(|o| !matches!(o, RegistryOutput::Close { .. })));
+        r.handle_ws_binary(1, &binding, t);
+        assert!(matches!(outputs(&mut r).as_slice(), [RegistryOutput::RelayStream { conn: 1, .. }]));
+
+        // /api/config: the relay for a caller with a token, by the name it
+        // used to reach the registry; nothing of it without one.
+        let bearer = format!("Bearer {jwt}");
+        let with =
+            ApiRequest { authorization: Some(&bearer), host: Some("gw.local:8080"), ..req("GET", "/api/config") };
+        let config = body(&r.handle_http(&with, t));
+        let relay_entry = config["iceServers"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            relay_entry["urls"],
+            json!(["turn:gw.local:3478?transport=udp", "turn:gw.local:3478?transport=tcp"])
+        );
+        assert!(relay_entry["username"].as_str().unwrap().ends_with(":alpha"));
+        assert_eq!(config["relayWebSocket"]["username"], relay_entry["username"]);
+        let without = body(&r.handle_http(&req("GET", "/api/config"), t));
+        assert!(without.get("relayWebSocket").is_none());
+        assert!(!without.to_string().contains("3478"));
+
+        let metrics = String::from_utf8(r.handle_http(&req("GET", "/metrics"), t).body).unwrap();
+        assert!(metrics.contains("chatixia_relay_allocations 0"), "{metrics}");
+        assert!(metrics.contains("chatixia_relay_refused_total{reason="), "{metrics}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::core::keys::KeyStore;
 use crate::core::now::Now;
 use crate::core::pairing::PairingStore;
 use crate::core::ratelimit::{KeyedLimiter, TokenBucket};
+use crate::core::relay::Relay;
 use crate::core::tasks::TaskHub;
 use crate::core::token::TokenIssuer;
 use std::net::IpAddr;
@@ -55,6 +56,8 @@ pub(in crate::core) struct RegistryState {
     pub pair_limiter: KeyedLimiter<IpAddr>,
     pub pair_checks: TokenBucket,
     pub rng: RandomSource,
+    /// The TURN relay, when enabled, and the port it listens on.
+    pub relay: Option<(Relay, u16)>,
 }
 
 impl RegistryState {
@@ -67,6 +70,7 @@ impl RegistryState {
         now: Now,
     ) -> Self {
         RegistryState {
+            relay: config.relay.clone().map(|(c, port)| (Relay::new(c, now.mono), port)),
             hub: Hub::new(config.hub.clone(), now.mono),
             token_limiter: KeyedLimiter::new(config.token_rate, 10_000),
             pair_limiter: KeyedLimiter::new(config.pair_rate, 10_000),
@@ -93,6 +97,9 @@ impl RegistryState {
     pub fn authorization_changed(&mut self) {
         let (hub, authz) = self.hub_with_authz();
         hub.handle_authorization_changed(&authz);
+        if let Some((relay, _)) = &mut self.relay {
+            relay.handle_authorization_changed(&Authorization { keys: &self.keys, pairing: &self.pairing });
+        }
     }
 
     /// Closes the sockets of a device that was just rejected or revoked and
@@ -100,5 +107,14 @@ impl RegistryState {
     pub fn shut_out(&mut self, peer_id: &str) {
         let (hub, authz) = self.hub_with_authz();
         hub.handle_revoked(peer_id, &authz);
+        if let Some((relay, _)) = &mut self.relay {
+            relay.revoke(peer_id);
+        }
+    }
+
+    /// The relay together with the authorization it consults.
+    pub fn relay_with_authz(&mut self) -> Option<(&mut Relay, Authorization<'_>)> {
+        let authz = Authorization { keys: &self.keys, pairing: &self.pairing };
+        self.relay.as_mut().map(|(relay, _)| (relay, authz))
     }
 }

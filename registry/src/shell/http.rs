@@ -65,6 +65,7 @@ async fn handle(
         authorization: header_str(headers, "authorization"),
         origin: header_str(headers, "origin"),
         forwarded_for: header_str(headers, "x-forwarded-for"),
+        host: header_str(headers, "host"),
         client: Some(peer.ip()),
         body: &body,
     };

@@ -7,6 +7,7 @@
 mod http;
 mod keys_file;
 mod persist;
+mod relay;
 mod rewind;
 mod state_dir;
 mod ws;
@@ -14,11 +15,13 @@ mod ws;
 use crate::core::config::RegistryConfig;
 use crate::core::hub::ConnId;
 use crate::core::now::Now;
-use crate::core::registry::{Registry, RegistryOutput};
+use crate::core::registry::{RELAY_TCP_STREAMS, Registry, RegistryOutput};
+use crate::core::relay::RelayConfig;
 use crate::core::token::TokenIssuer;
 use async_tungstenite::tungstenite::Message;
 use chatixia_settings::systemd::{Notifier, watchdog_interval};
 use keys_file::load_keys;
+pub use relay::RelaySettings;
 use smol::{Async, LocalExecutor, Timer};
 use state_dir::StateDir;
 use std::cell::{Cell, RefCell};
@@ -45,6 +48,8 @@ pub struct ShellConfig {
     /// The HS256 secret when the operator gives one; otherwise it is
     /// generated into the state directory.
     pub signaling_secret: Option<String>,
+    /// The TURN relay on `RELAY_PORT`; `None` when it is off.
+    pub relay: Option<RelaySettings>,
 }
 
 /// A WebSocket's outgoing side, as the dispatcher sees it.
@@ -77,6 +82,11 @@ struct Shared {
     next_conn: Cell<ConnId>,
     open_sockets: Cell<usize>,
     config: ShellConfig,
+    /// The relay's sockets, when it is on.
+    relay: Option<relay::RelaySockets>,
+    /// Writers of the relay's TCP connections.
+    relay_streams: RefCell<HashMap<u64, async_channel::Sender<Vec<u8>>>>,
+    next_relay_stream: Cell<u64>,
 }
 
 impl Shared {
@@ -109,6 +119,30 @@ impl Shared {
                         h.close(code, reason);
                     }
                 }
+                RegistryOutput::RelayDatagram { to, bytes } => {
+                    if let Some(sockets) = &self.relay
+                        && let Err(e) = sockets.udp.get_ref().send_to(&bytes, to)
+                    {
+                        log::debug!("relay UDP send to {to}: {e}");
+                    }
+                }
+                // Whole frames: one that does not fit is lost, as on UDP;
+                // the signaling on the same WebSocket is never held up.
+                RegistryOutput::RelayStream { conn, bytes } if conn >= RELAY_TCP_STREAMS => {
+                    if let Some(w) = self.relay_streams.borrow().get(&conn) {
+                        let _ = w.try_send(bytes);
+                    }
+                }
+                RegistryOutput::RelayStream { conn, bytes } => {
+                    if let Some(h) = conns.get(&conn).filter(|h| h.tx.len() < self.config.ws_send_queue) {
+                        let _ = h.tx.try_send(Message::binary(bytes));
+                    }
+                }
+                // Only TCP connections are closed; dropping the writer
+                // ends the connection's task.
+                RegistryOutput::RelayClose { conn } => {
+                    self.relay_streams.borrow_mut().remove(&conn);
+                }
             }
         }
     }
@@ -135,6 +169,7 @@ pub fn run(config: RegistryConfig, mut shell: ShellConfig) -> Result<(), String>
         None => state.load_or_create_secret()?,
     };
     let tokens = TokenIssuer::new(&secret)?;
+    let (config, sockets) = start_relay(config, &shell, &secret)?;
     let keys = load_keys(&shell.keys_file, shell.dev)?;
     log::info!("loaded {} API keys from {}", keys.len(), shell.keys_file.display());
     let mut seed = [0u8; 8];
@@ -142,10 +177,55 @@ pub fn run(config: RegistryConfig, mut shell: ShellConfig) -> Result<(), String>
     let now = now();
     let mut registry = Registry::new(config, keys, tokens, u64::from_le_bytes(seed), Box::new(os_random), now);
     state_dir::restore(&state, &mut registry, now)?;
-    serve(registry, state, shell)
+    serve(registry, state, shell, sockets)
 }
 
-fn serve(registry: Registry, state: StateDir, config: ShellConfig) -> Result<(), String> {
+/// Binds the relay's port and completes its configuration: the address
+/// relayed addresses are given on, and the secret of its credentials,
+/// derived from the signing secret so that it survives a restart. A port
+/// that cannot be bound stops the start when `RELAY_PORT` was set, and turns
+/// the relay off (with a warning) when it is the default.
+fn start_relay(
+    mut config: RegistryConfig,
+    shell: &ShellConfig,
+    secret: &[u8],
+) -> Result<(RegistryConfig, Option<relay::RelaySockets>), String> {
+    let Some(settings) = &shell.relay else {
+        log::info!("relay off (RELAY_PORT=0)");
+        return Ok((config, None));
+    };
+    let sockets = match relay::bind(shell.bind.ip(), settings.port) {
+        Ok(sockets) => sockets,
+        Err(e) if settings.explicit => return Err(format!("cannot open the relay port: {e}")),
+        Err(e) => {
+            log::warn!("relay off: cannot open port {} ({e}); set RELAY_PORT to another port, or 0", settings.port);
+            return Ok((config, None));
+        }
+    };
+    let port = sockets.udp.get_ref().local_addr().map_err(|e| e.to_string())?.port();
+    let address = settings.address.unwrap_or_else(|| match shell.bind.ip() {
+        ip if ip.is_unspecified() => relay::outward_address(),
+        ip => ip,
+    });
+    let relay_secret = hmac_sha256::HMAC::mac(b"chatixia-mesh relay credentials", secret);
+    let mut relay = RelayConfig::new("chatixia", &relay_secret, address);
+    relay.ports = settings.ports;
+    relay.allocation_rate = settings.allocation_rate;
+    relay.total_rate = settings.total_rate;
+    let mut instance = [0u8; 8];
+    os_random(&mut instance)?;
+    relay.instance = u64::from_le_bytes(instance);
+    log::info!("relay on UDP and TCP port {port}; relayed addresses on {address}");
+    config.relay = Some((relay, port));
+    Ok((config, Some(sockets)))
+}
+
+fn serve(
+    registry: Registry,
+    state: StateDir,
+    config: ShellConfig,
+    relay: Option<relay::RelaySockets>,
+) -> Result<(), String> {
     let listener = TcpListener::bind(config.bind).map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
     let listener = Async::new(listener).map_err(|e| e.to_string())?;
     let local = listener.get_ref().local_addr().map_err(|e| e.to_string())?;
@@ -156,6 +236,9 @@ fn serve(registry: Registry, state: StateDir, config: ShellConfig) -> Result<(),
         next_conn: Cell::new(1),
         open_sockets: Cell::new(0),
         config,
+        relay,
+        relay_streams: RefCell::new(HashMap::new()),
+        next_relay_stream: Cell::new(0),
     });
     let ex = Rc::new(LocalExecutor::new());
     let signals =
@@ -164,6 +247,8 @@ fn serve(registry: Registry, state: StateDir, config: ShellConfig) -> Result<(),
     log::info!("listening on http://{local} (WebSocket at ws://{local}/ws)");
     smol::block_on(ex.run(async {
         ex.spawn(accept_loop(ex.clone(), shared.clone(), listener)).detach();
+        ex.spawn(relay::udp_loop(shared.clone())).detach();
+        ex.spawn(relay::accept_loop(ex.clone(), shared.clone())).detach();
         let notifier = Notifier::from_env();
         notifier.ready();
         ex.spawn(tick_loop(shared.clone(), notifier)).detach();

@@ -60,7 +60,7 @@ where
             let t = now();
             match msg {
                 Ok(Message::Text(text)) => shared.registry.borrow_mut().handle_ws_text(conn, text.as_str(), t),
-                Ok(Message::Binary(_)) => shared.registry.borrow_mut().handle_ws_binary(conn, t),
+                Ok(Message::Binary(bytes)) => shared.registry.borrow_mut().handle_ws_binary(conn, &bytes, t),
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {
                     shared.registry.borrow_mut().handle_ws_activity(conn, t)
                 }

@@ -558,8 +558,7 @@ mod tests {
                 let mut node = Node::new(config, now);
                 if turn {
                     let url = crate::core::urls::parse_turn_url(&format!("turn:{}", sim::TURN_SERVER)).unwrap();
-                    let server =
-                        TurnServer { url, username: sim::TURN_USER.into(), password: sim::TURN_PASSWORD.into() };
+                    let server = TurnServer::new(url, sim::TURN_USER, sim::TURN_PASSWORD);
                     node.handle_turn_servers(vec![server], None, now);
                 }
                 node

@@ -59,6 +59,15 @@ pub struct TurnServer {
     pub url: TurnUrl,
     pub username: String,
     pub password: String,
+    /// For the registry's own relay: the run of it that gave the
+    /// credentials. A new run has none of the old run's allocations.
+    pub instance: Option<String>,
+}
+
+impl TurnServer {
+    pub fn new(url: TurnUrl, username: &str, password: &str) -> TurnServer {
+        TurnServer { url, username: username.to_owned(), password: password.to_owned(), instance: None }
+    }
 }
 
 impl fmt::Debug for TurnServer {
@@ -209,7 +218,17 @@ impl Relays {
             match self.relays.iter().position(same) {
                 Some(i) => {
                     keep[i] = true;
+                    let restarted = server.instance.is_some() && server.instance != self.relays[i].server.instance;
                     self.relays[i].server = server;
+                    if restarted && self.relays[i].client.is_some() {
+                        log::info!(
+                            "TURN {}: the registry's relay restarted; allocating again",
+                            self.relays[i].server.url
+                        );
+                        self.end(i, now);
+                        self.relays[i].failures = 0;
+                        self.relays[i].retry_at = Some(now);
+                    }
                 }
                 None => {
                     keep.push(true);
@@ -644,6 +663,8 @@ pub fn servers_from_ice_config(text: &str) -> Result<(Vec<TurnServer>, Option<u6
     struct Credentials {
         username: String,
         credential: String,
+        #[serde(default)]
+        instance: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Entry {
@@ -663,6 +684,11 @@ pub fn servers_from_ice_config(text: &str) -> Result<(Vec<TurnServer>, Option<u6
         None,
     }
     let config: Config = serde_json::from_str(text).map_err(|e| format!("not an ICE configuration: {e}"))?;
+    // The registry's relay over TCP adds nothing once the same relay is
+    // reached over the signaling WebSocket: both are TCP, and the WebSocket
+    // goes wherever the registry's port does. One allocation fewer.
+    let websocket_user = config.relay_websocket.as_ref().map(|c| c.username.clone());
+    let websocket_instance = config.relay_websocket.as_ref().and_then(|c| c.instance.clone());
     let mut servers = Vec::new();
     let mut expiry: Option<u64> = None;
     for entry in config.ice_servers {
@@ -674,8 +700,14 @@ pub fn servers_from_ice_config(text: &str) -> Result<(Vec<TurnServer>, Option<u6
         let (Some(username), Some(password)) = (entry.username, entry.credential) else { continue };
         for url in urls.iter().filter(|u| u.to_ascii_lowercase().starts_with("turn")) {
             match parse_turn_url(url) {
+                Ok(url) if url.transport == TurnTransport::Tcp && websocket_user.as_ref() == Some(&username) => {
+                    log::debug!("ICE configuration: {url} is reached over the signaling WebSocket instead");
+                }
                 Ok(url) => {
-                    let server = TurnServer { url, username: username.clone(), password: password.clone() };
+                    let mut server = TurnServer::new(url, &username, &password);
+                    if websocket_user.as_ref() == Some(&username) {
+                        server.instance = websocket_instance.clone();
+                    }
                     if !servers.contains(&server) && servers.len() < MAX_SERVERS {
                         servers.push(server);
                     }
@@ -693,7 +725,9 @@ pub fn servers_from_ice_config(text: &str) -> Result<(Vec<TurnServer>, Option<u6
         if let Some(at) = c.username.split(':').next().and_then(|t| t.parse::<u64>().ok()) {
             expiry = Some(expiry.map_or(at, |e| e.min(at)));
         }
-        servers.push(TurnServer { url: TurnUrl::signaling(), username: c.username, password: c.credential });
+        let mut server = TurnServer::new(TurnUrl::signaling(), &c.username, &c.credential);
+        server.instance = c.instance;
+        servers.push(server);
     }
     Ok((servers, expiry))
 }
@@ -715,7 +749,9 @@ fn unspecified(like: IpAddr) -> IpAddr {
     }
 }
 
+// An Instant can only be had from the clock.
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
@@ -726,6 +762,31 @@ mod tests {
         let (user, password) = rest_credentials("s3cret", 87_400, "mesh");
         assert_eq!(user, "87400:mesh");
         assert_eq!(password, "Z1pc+7Tkq6nfQA+ASqRaqc1D9gM=");
+    }
+
+    #[test]
+    fn a_new_run_of_the_registrys_relay_is_allocated_on_again() {
+        let t0 = Instant::now();
+        let mut relays = Relays::new(vec!["192.0.2.10:5000".parse().unwrap()], t0);
+        let url = parse_turn_url("turn:192.0.2.1:3478").unwrap();
+        let server = |instance: &str| TurnServer {
+            instance: Some(instance.to_owned()),
+            ..TurnServer::new(url.clone(), "u", "p")
+        };
+        let addr: SocketAddr = "192.0.2.1:3478".parse().unwrap();
+        let allocates = |relays: &mut Relays| {
+            std::iter::from_fn(|| relays.poll_output())
+                .filter(|o| matches!(o, RelayOutput::Transmit { destination, .. } if *destination == addr))
+                .count()
+        };
+        relays.set_servers(vec![(server("run-1"), addr)], t0);
+        assert_eq!(allocates(&mut relays), 1);
+        // The same run, fresh credentials: the allocation stays.
+        relays.set_servers(vec![(server("run-1"), addr)], t0);
+        assert_eq!(allocates(&mut relays), 0);
+        // A new run knows nothing of it: allocate again at once.
+        relays.set_servers(vec![(server("run-2"), addr)], t0);
+        assert!(allocates(&mut relays) >= 1);
     }
 
     #[test]
@@ -746,6 +807,18 @@ mod tests {
         assert_eq!((servers[0].username.as_str(), servers[0].password.as_str()), ("1800000000:mesh", "c1"));
         assert_eq!(expiry, Some(1_700_000_000));
         assert_eq!(servers_from_ice_config(r#"{"iceServers":[]}"#).unwrap(), (Vec::new(), None));
+
+        // The registry's relay: UDP, and the WebSocket in place of TCP.
+        let registry = r#"{"iceServers":[
+            {"urls":["turn:gw:3478?transport=udp","turn:gw:3478?transport=tcp"],"username":"1900000000:a","credential":"r"},
+            {"urls":"turn:other:3478?transport=tcp","username":"1900000000:b","credential":"o"}],
+            "relayWebSocket":{"username":"1900000000:a","credential":"r"}}"#;
+        let (servers, _) = servers_from_ice_config(registry).unwrap();
+        let urls: Vec<String> = servers.iter().map(|s| s.url.to_string()).collect();
+        assert_eq!(
+            urls,
+            ["turn:gw:3478", "turn:other:3478?transport=tcp", "the registry's relay over the signaling WebSocket"]
+        );
         assert!(servers_from_ice_config("nonsense").is_err());
     }
 }

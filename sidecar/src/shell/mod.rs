@@ -216,10 +216,7 @@ fn turn_servers(source: &TurnSource) -> Option<(Vec<TurnServer>, Option<Duration
             let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let expiry = unix_now + SECRET_CREDENTIAL_LIFETIME.as_secs();
             let (username, password) = turn::rest_credentials(secret, expiry, "sidecar");
-            let servers = urls
-                .iter()
-                .map(|url| TurnServer { url: url.clone(), username: username.clone(), password: password.clone() })
-                .collect();
+            let servers = urls.iter().map(|url| TurnServer::new(url.clone(), &username, &password)).collect();
             Some((servers, Some(SECRET_CREDENTIAL_LIFETIME)))
         }
         TurnSource::Registry => None,

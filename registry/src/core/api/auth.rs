@@ -4,9 +4,10 @@
 use super::client::client_address;
 use super::request::{ApiRequest, query_param};
 use super::response::ApiResponse;
+use crate::core::hub::Authorize;
 use crate::core::now::Now;
 use crate::core::pairing::Status;
-use crate::core::state::{Counters, RegistryState};
+use crate::core::state::{Authorization, Counters, RegistryState};
 use crate::core::token::Identity;
 use chatixia_protocol::claims::{ROLE_ADMIN, ROLE_AGENT, ROLE_PENDING, TokenResponse};
 use serde_json::json;
@@ -47,6 +48,15 @@ pub(super) fn require_inviter(state: &RegistryState, req: &ApiRequest, now: Now)
         None => admin_bearer(state, req, now)
             .unwrap_or_else(|| Err(ApiResponse::json(401, &json!({"error": "API key or admin credential required"})))),
     }
+}
+
+/// The peer of a valid `Authorization: Bearer` JWT that may join the mesh
+/// now; `None` otherwise.
+pub(super) fn authorized_bearer(state: &RegistryState, req: &ApiRequest, now: Now) -> Option<String> {
+    let bearer = req.authorization?.strip_prefix("Bearer ")?;
+    let id = state.tokens.verify(bearer.trim(), now.unix_secs()).ok()?;
+    let authz = Authorization { keys: &state.keys, pairing: &state.pairing };
+    authz.is_authorized(&id.peer_id).then_some(id.peer_id)
 }
 
 /// `None` without an `Authorization: Bearer` header.

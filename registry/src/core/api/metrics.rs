@@ -47,6 +47,22 @@ pub(super) fn render(state: &RegistryState, now: Now) -> String {
         COUNTER,
         counters.pairings_rate_limited,
     );
+    if let Some((relay, _)) = &state.relay {
+        let s = relay.stats();
+        m.value("chatixia_relay_allocations", "TURN allocations on the relay.", GAUGE, s.allocations as u64);
+        m.value("chatixia_relay_allocations_total", "TURN allocations made.", COUNTER, s.allocations_made);
+        m.value("chatixia_relay_streams", "TCP and WebSocket streams speaking TURN.", GAUGE, s.streams as u64);
+        m.value("chatixia_relay_bytes_total", "Bytes relayed between allocations.", COUNTER, s.bytes_relayed);
+        m.value("chatixia_relay_packets_total", "Packets relayed between allocations.", COUNTER, s.packets_relayed);
+        let refusals = s.refusals.iter().map(|(reason, count)| (*reason, *count));
+        m.labelled(
+            "chatixia_relay_refused_total",
+            "Relay requests and data refused, by reason.",
+            COUNTER,
+            "reason",
+            refusals,
+        );
+    }
     m.text
 }
 

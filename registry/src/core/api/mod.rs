@@ -57,7 +57,15 @@ fn route(state: &mut RegistryState, req: &ApiRequest, seg: &[&str], admin_route:
         }
         ("GET", ["api", "config"]) => {
             let turn = state.config.turn.as_ref().map(|(u, s)| (u.as_str(), s.as_str()));
-            ApiResponse::ok(ice::ice_config(&state.config.stun_urls, turn, now.unix_secs()))
+            let mut config = ice::ice_config(&state.config.stun_urls, turn, now.unix_secs());
+            if let Some(peer) = auth::authorized_bearer(state, req, now)
+                && let Some((relay, port)) = &state.relay
+            {
+                let host = req.host.map_or_else(|| relay.config().relay_ip.to_string(), ice::host_of);
+                let (username, credential) = relay.credentials(&peer, now.unix_secs());
+                ice::add_relay(&mut config, &host, *port, &username, &credential, relay.config().instance);
+            }
+            ApiResponse::ok(config)
         }
         ("POST", ["api", "token"]) => auth::issue_token(state, req, now),
         ("POST", ["api", "registry", "agents"]) => req.with_body(|info: AgentInfo| {

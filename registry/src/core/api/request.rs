@@ -19,6 +19,8 @@ pub struct ApiRequest<'a> {
     pub authorization: Option<&'a str>,
     pub origin: Option<&'a str>,
     pub forwarded_for: Option<&'a str>,
+    /// The `Host` header: the name or address the client reached us by.
+    pub host: Option<&'a str>,
     pub client: Option<IpAddr>,
     pub body: &'a [u8],
 }

@@ -124,6 +124,9 @@ pub struct RelayConfig {
     pub credential_lifetime: Duration,
     /// Streams tracked at once; a stream beyond is closed.
     pub max_streams: usize,
+    /// Names this run of the relay (random at start): a sidecar that sees
+    /// it change knows its allocations are gone and makes them again.
+    pub instance: u64,
 }
 
 impl RelayConfig {
@@ -144,6 +147,7 @@ impl RelayConfig {
             total_rate: Rate::new(20_000_000.0, 40_000_000.0),
             credential_lifetime: Duration::from_secs(86_400),
             max_streams: 1024,
+            instance: 0,
         }
     }
 }
@@ -287,6 +291,10 @@ impl Relay {
             deadline: None,
             stats: RelayStats::default(),
         }
+    }
+
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
     }
 
     /// REST credentials for `peer_id`, good for `credential_lifetime`.

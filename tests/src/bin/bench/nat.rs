@@ -129,6 +129,7 @@ fn kind_name(kind: NatKind) -> &'static str {
         NatKind::Cone => "cone",
         NatKind::Symmetric => "symmetric",
         NatKind::UdpBlocked { .. } => "udp-blocked",
+        NatKind::OnlyTcpTo { .. } => "tcp-to-registry-only",
     }
 }
 
