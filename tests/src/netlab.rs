@@ -829,6 +829,22 @@ impl Lab {
         Probe::start(cmd, &format!("internet {ip}:{port}"))
     }
 
+    /// A closure that moves the thread that runs it into the internet
+    /// namespace, for threads that live longer than [`Lab::in_internet`]
+    /// allows (a proxy's, say).
+    pub fn internet_entry(&self) -> Box<dyn FnOnce() + Send> {
+        let ns = self.inner.ns_name("inet");
+        self.inner.check_ns(&ns);
+        let path = Path::new(NETNS_DIR).join(&ns);
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        Box::new(move || {
+            // SAFETY: a valid descriptor of a network namespace; setns
+            // changes only the calling thread's namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+        })
+    }
+
     /// Starts watching every frame on the internet namespace's interfaces
     /// (the segment all sites, coturn and the registry share) for
     /// `needles`; see [`Sniffer`].

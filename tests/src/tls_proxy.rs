@@ -38,9 +38,19 @@ impl TlsProxy {
     /// Listens on 127.0.0.1 and forwards every connection, once its TLS
     /// handshake is done, to 127.0.0.1:`upstream`.
     pub fn start(upstream: u16) -> TlsProxy {
+        let bind = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        Self::start_with(bind, SocketAddr::from((Ipv4Addr::LOCALHOST, upstream)), "server", Box::new(|| {}))
+    }
+
+    /// Listens on `bind` with the fixture certificate `cert` (`server` for
+    /// 127.0.0.1, `lab-server` for the NAT lab's 203.0.113.1) and forwards
+    /// to `upstream`; the proxy's thread runs `enter` first (to join a
+    /// network namespace, say) and binds and connects from there.
+    pub fn start_with(bind: SocketAddr, upstream: SocketAddr, cert: &str, enter: Box<dyn FnOnce() + Send>) -> TlsProxy {
         let dir = fixture_dir();
-        let cert = CertificateDer::from_pem_file(dir.join("server.pem")).expect("fixture server.pem");
-        let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("fixture server.key");
+        let cert_file = dir.join(format!("{cert}.pem"));
+        let cert = CertificateDer::from_pem_file(&cert_file).expect("fixture certificate");
+        let key = PrivateKeyDer::from_pem_file(cert_file.with_extension("key")).expect("fixture key");
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -50,13 +60,14 @@ impl TlsProxy {
             .expect("fixture certificate and key");
         let acceptor = TlsAcceptor::from(Arc::new(config));
 
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind proxy");
-        let port = listener.local_addr().expect("proxy address").port();
-        let listener = Async::new(listener).expect("non-blocking listener");
-        let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream));
         let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
         let (fail_tx, failures) = mpsc::channel();
+        let (port_tx, port_rx) = mpsc::channel();
         let thread = std::thread::spawn(move || {
+            enter();
+            let listener = TcpListener::bind(bind).expect("bind proxy");
+            let _ = port_tx.send(listener.local_addr().expect("proxy address").port());
+            let listener = Async::new(listener).expect("non-blocking listener");
             let ex = smol::LocalExecutor::new();
             smol::block_on(ex.run(async {
                 let accept_loop = async {
@@ -78,6 +89,7 @@ impl TlsProxy {
                     .await;
             }));
         });
+        let port = port_rx.recv().expect("the proxy's port");
         TlsProxy { port, stop: Some(stop_tx), thread: Some(thread), failures }
     }
 

@@ -14,6 +14,7 @@
 
 use chatixia_e2e::netlab::{Lab, NatKind, SERVER_IP, Site, Sniffer};
 use chatixia_e2e::sidecar::{Agent, Sidecar, mesh_message};
+use chatixia_e2e::tls_proxy::{TlsProxy, ca_file};
 use chatixia_e2e::{Registry, Scratch, metric};
 use serde_json::{Value, json};
 use std::net::SocketAddrV4;
@@ -141,6 +142,31 @@ fn sites_that_reach_only_the_registrys_port_link_through_the_websocket() {
 
     let mut probe = control_site.probe(40_000);
     assert_only_ciphertext(&sniffer, || probe.send(SocketAddrV4::new(SERVER_IP, 9), MARKER));
+}
+
+#[test]
+fn behind_a_tls_proxy_on_443_wss_alone_is_enough() {
+    let Some(w) = world("wss-only", &[]) else { return };
+    let upstream = SocketAddrV4::new(SERVER_IP, w.registry.port).into();
+    let bind = SocketAddrV4::new(SERVER_IP, 443).into();
+    let _proxy = TlsProxy::start_with(bind, upstream, "lab-server", w.lab.internet_entry());
+    let allow = SocketAddrV4::new(SERVER_IP, 443);
+    let (sa, sb) = (w.lab.site(NatKind::OnlyTcpTo { allow }), w.lab.site(NatKind::OnlyTcpTo { allow }));
+    let ca = ca_file();
+    let env = [
+        ("TOKEN_URL", "https://203.0.113.1/api/token"),
+        ("SIGNALING_URL", "wss://203.0.113.1/ws"),
+        ("REGISTRY_CA_FILE", ca.to_str().unwrap()),
+    ];
+    let p0 = sa.start_sidecar(&w.registry, w.dir.path(), "key-p0", "p0", &env);
+    let p1 = sb.start_sidecar(&w.registry, w.dir.path(), "key-p1", "p1", &env);
+    let (mut a, mut b) = (p0.agent(), p1.agent());
+    let took = link(&a, "p0", &b, "p1");
+    exchange_marker(&mut a, "p0", &mut b, "p1");
+    let path = path_to(&mut a, "p1");
+    eprintln!("linked through wss:// on 443 alone in {took:?}; path {path}");
+    assert_eq!((&path["local"], &path["local_transport"]), (&json!("relay"), &json!("websocket")), "{path}");
+    assert_eq!(w.lab.direct_udp(&sa, &sb).packets, 0);
 }
 
 #[test]
