@@ -835,6 +835,77 @@ mod tests {
         assert!(metrics.contains("chatixia_relay_refused_total{reason="), "{metrics}");
     }
 
+    /// Runs a turn-client-proto client over WebSocket `conn` until it and
+    /// the registry have nothing more to say; returns its events.
+    fn turn_over_ws(
+        r: &mut Registry,
+        conn: ConnId,
+        client: &mut turn_client_proto::tcp::TurnClientTcp,
+        t: Now,
+    ) -> Vec<turn_client_proto::api::TurnEvent> {
+        use turn_client_proto::api::TurnClientApi;
+        use turn_client_proto::stun::agent::Transmit;
+        use turn_client_proto::stun::types::TransportType;
+        let mut events = Vec::new();
+        // turn-client-proto paces its requests (one per 50 ms): its clock
+        // moves on 100 ms per round; the registry's needs not.
+        for round in 0..100 {
+            let ct = turn_client_proto::stun::Instant::from_nanos(round * 100_000_000);
+            let _ = client.poll(ct);
+            let mut moved = false;
+            while let Some(transmit) = client.poll_transmit(ct) {
+                moved = true;
+                r.handle_ws_binary(conn, &transmit.data, t);
+            }
+            for out in outputs(r) {
+                if let RegistryOutput::RelayStream { conn: c, bytes } = out
+                    && c == conn
+                {
+                    moved = true;
+                    let (local, remote) = (client.local_addr(), client.remote_addr());
+                    let _ = client.recv(Transmit::new(bytes.as_slice(), TransportType::Tcp, remote, local), ct);
+                }
+            }
+            events.extend(std::iter::from_fn(|| client.poll_event()));
+            if !moved && round > 0 {
+                break;
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn revoking_a_device_deletes_its_relay_allocation_at_once() {
+        use crate::core::relay::RelayConfig;
+        use turn_client_proto::api::{TurnConfig, TurnEvent};
+        use turn_client_proto::types::TurnCredentials;
+        let relay = RelayConfig::new("chatixia", b"relay-secret", IpAddr::from([192, 0, 2, 1]));
+        let mut r = registry(RegistryConfig { relay: Some((relay, 3478)), ..RegistryConfig::default() });
+        let t = now();
+        let paired = pair_device(&mut r, "pi", t);
+        let (id, peer) = (paired["id"].as_str().unwrap().to_owned(), paired["peer_id"].as_str().unwrap().to_owned());
+        r.handle_http(&admin("POST", &format!("/api/pairing/{id}/approve")), t);
+        let tok = device_token_exchange(&mut r, paired["device_token"].as_str().unwrap(), t);
+        let jwt = body(&tok)["token"].as_str().unwrap().to_owned();
+        let device = r.handle_ws_upgrade(&format!("token={jwt}"), t).unwrap();
+        r.handle_ws_open(7, &device, t);
+
+        let bearer = format!("Bearer {jwt}");
+        let config = body(&r.handle_http(&ApiRequest { authorization: Some(&bearer), ..req("GET", "/api/config") }, t));
+        let creds = &config["relayWebSocket"];
+        let credentials =
+            TurnCredentials::new(creds["username"].as_str().unwrap(), creds["credential"].as_str().unwrap());
+        let (local, server) = ("198.51.100.7:40000".parse().unwrap(), "192.0.2.1:3478".parse().unwrap());
+        let mut client = turn_client_proto::tcp::TurnClientTcp::allocate(local, server, TurnConfig::new(credentials));
+        let events = turn_over_ws(&mut r, 7, &mut client, t);
+        assert!(events.iter().any(|e| matches!(e, TurnEvent::AllocationCreated(..))), "{events:?}");
+        assert_eq!(metric(&mut r, "chatixia_relay_allocations"), 1);
+
+        let resp = r.handle_http(&admin("POST", &format!("/api/pairing/{id}/revoke")), t);
+        assert_eq!(resp.status, 200);
+        assert_eq!(metric(&mut r, "chatixia_relay_allocations"), 0, "{peer}'s allocation outlived the revocation");
+    }
+
     #[test]
     fn what_was_saved_comes_back_and_a_damaged_file_is_named() {
         let mut r = registry(RegistryConfig::default());
