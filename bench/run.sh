@@ -1,13 +1,14 @@
 #!/bin/sh
 # Measures the README, benchmarks footprint and speed budgets of the release binaries
-# on 127.0.0.1 (nat: in the NAT lab of tests/src/netlab.rs) and prints each
+# on 127.0.0.1 (nat, relay: in the NAT lab of tests/src/netlab.rs) and prints each
 # figure next to its budget. Not a test: run it on an otherwise quiet machine.
 #
-#   bench/run.sh [SECTION] [OPTIONS]    SECTION: registry (default), sidecar, nat or all
+#   bench/run.sh [SECTION] [OPTIONS]    SECTION: registry (default), sidecar, nat, relay or all
 #   bench/run.sh sidecar --quick        idle CPU over 10 s instead of 60 s
 #   bench/run.sh nat --nat-runs 2       2 links per pair of NAT kinds instead of 5
 #                                       (needs root and scripts/netlab-deps.sh's tools,
 #                                       else skipped; CHATIXIA_REQUIRE_NETLAB=1: exit 2)
+#   bench/run.sh relay                  the registry's own TURN relay in the NAT lab (root too)
 #   bench/run.sh --help
 #
 # Builds the release binaries the section starts, then the bench itself
@@ -21,7 +22,7 @@ cd "$(dirname "$0")/.."
 section=${1:-registry}
 case "$section" in
     registry) packages="chatixia-registry" ;;
-    # sidecar, nat, all (and anything else, which the bench rejects): both.
+    # sidecar, nat, relay, all (and anything else, which the bench rejects): both.
     *) packages="chatixia-registry chatixia-sidecar" ;;
 esac
 # One package per build, as cross/build.sh does: built together, cargo would

@@ -1,5 +1,5 @@
 //! `bench`: measures the README, benchmarks figures of the real release binaries on
-//! 127.0.0.1 (the `nat` section: in the NAT lab of `chatixia_e2e::netlab`)
+//! 127.0.0.1 (the `nat` and `relay` sections: in the NAT lab of `chatixia_e2e::netlab`)
 //! and prints each next to its budget. Not part of the test suite.
 //!
 //! Run it from the repository root with `bench/run.sh [SECTION]`, which
@@ -21,6 +21,7 @@
 
 mod nat;
 mod registry;
+mod relay;
 mod report;
 mod sidecar;
 
@@ -50,6 +51,12 @@ const SECTIONS: &[(&str, &str, Section, Flags)] = &[
         "NAT lab (root): every pair of NAT kinds linking, round trip and throughput direct and through TURN",
         nat::run,
         nat::FLAGS,
+    ),
+    (
+        "relay",
+        "NAT lab (root): the registry's own TURN relay over UDP and the WebSocket against a direct path, its CPU per MB",
+        relay::run,
+        relay::FLAGS,
     ),
 ];
 
@@ -90,6 +97,8 @@ fn usage() -> String {
     text.push_str(sidecar::OPTIONS);
     text.push_str("\nnat options:\n");
     text.push_str(nat::OPTIONS);
+    text.push_str("\nrelay options:\n");
+    text.push_str(relay::OPTIONS);
     text
 }
 
@@ -151,5 +160,6 @@ mod tests {
         let args = strings(&["--quick", "--nat-runs", "2"]);
         assert_eq!(section_args(&args, nat::FLAGS).unwrap(), strings(&["--nat-runs", "2"]));
         assert_eq!(section_args(&args, sidecar::FLAGS).unwrap(), strings(&["--quick"]));
+        assert_eq!(section_args(&args, relay::FLAGS).unwrap(), strings(&[]));
     }
 }

@@ -23,6 +23,7 @@ use chatixia_e2e::sidecar::Sidecar;
 use chatixia_e2e::{Registry, Scratch, tls_proxy};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -64,16 +65,7 @@ fn parse(args: &[String]) -> Result<usize, String> {
 
 pub fn run(report: &mut Report, args: &[String]) -> Result<(), String> {
     let runs = parse(args)?;
-    let required = std::env::var("CHATIXIA_REQUIRE_NETLAB").is_ok_and(|v| v == "1");
-    if let Some(why) = lab_unavailable() {
-        let why = format!("the NAT lab cannot run here: {why} (it needs root and {})", LAB_TOOLS.join(", "));
-        if required {
-            return Err(format!("{why}; CHATIXIA_REQUIRE_NETLAB=1"));
-        }
-        report.note(&format!(
-            "skipped: {why}; scripts/netlab-deps.sh installs the tools; CHATIXIA_REQUIRE_NETLAB=1 makes this a \
-             failed run"
-        ));
+    if !lab_available(report)? {
         return Ok(());
     }
     // The sidecars get every TURN and ICE setting from the bench.
@@ -81,13 +73,32 @@ pub fn run(report: &mut Report, args: &[String]) -> Result<(), String> {
     report::raise_nofile(4096)?;
     unpanicked(|| {
         let Some(w) = World::new(runs)? else {
-            // Lab::new said why on stderr (CHATIXIA_REQUIRE_NETLAB=1 panics there instead).
-            report.note("skipped: the NAT lab could not be set up (see the NOTICE above)");
+            report.note(LAB_NOT_SET_UP);
             return Ok(());
         };
         matrix(report, &w, runs)?;
         relay_cost(report, &w)
     })
+}
+
+/// What a section notes when `Lab::new` returned `None` (it said why on
+/// stderr; `CHATIXIA_REQUIRE_NETLAB=1` panics there instead).
+pub(crate) const LAB_NOT_SET_UP: &str = "skipped: the NAT lab could not be set up (see the NOTICE above)";
+
+/// Whether the NAT lab can run here. When it cannot, a note says why and
+/// the section is skipped, or it is an error with `CHATIXIA_REQUIRE_NETLAB=1`.
+pub(crate) fn lab_available(report: &Report) -> Result<bool, String> {
+    let required = std::env::var("CHATIXIA_REQUIRE_NETLAB").is_ok_and(|v| v == "1");
+    let Some(why) = lab_unavailable() else { return Ok(true) };
+    let why = format!("the NAT lab cannot run here: {why} (it needs root and {})", LAB_TOOLS.join(", "));
+    if required {
+        return Err(format!("{why}; CHATIXIA_REQUIRE_NETLAB=1"));
+    }
+    report.note(&format!(
+        "skipped: {why}; scripts/netlab-deps.sh installs the tools; CHATIXIA_REQUIRE_NETLAB=1 makes this a \
+         failed run"
+    ));
+    Ok(false)
 }
 
 /// Why the lab cannot run here, if it cannot: not root, or tools missing.
@@ -123,7 +134,7 @@ fn kinds() -> [NatKind; 4] {
     [NatKind::Public, NatKind::Cone, NatKind::Symmetric, NatKind::UdpBlocked { allow: OUTSIDE_IPS[2] }]
 }
 
-fn kind_name(kind: NatKind) -> &'static str {
+pub(crate) fn kind_name(kind: NatKind) -> &'static str {
     match kind {
         NatKind::Public => "public",
         NatKind::Cone => "cone",
@@ -151,10 +162,7 @@ impl World {
         for scenario in SCENARIOS {
             ids.extend([format!("nat-{}-a", scenario.tag), format!("nat-{}-b", scenario.tag)]);
         }
-        let keys: Vec<String> =
-            ids.iter().map(|id| format!("\"key-{id}\":{{\"peer_id\":\"{id}\",\"role\":\"agent\"}}")).collect();
-        std::fs::write(dir.path().join("api_keys.json"), format!("{{\"keys\":{{{}}}}}", keys.join(",")))
-            .map_err(|e| format!("api_keys.json: {e}"))?;
+        write_keys(dir.path(), &ids)?;
         let urls = [turn.turn_url("udp"), turn.turn_url("tcp"), turn.turns_url().ok_or("coturn without TLS")?];
         let registry = lab.start_registry_with(
             dir.path(),
@@ -164,24 +172,9 @@ impl World {
         Ok(Some(World { registry, sites, turn, lab, dir }))
     }
 
-    /// Starts `id` on `site` (waiting until its IPC socket is bound), with
-    /// no TURN or ICE settings of its own unless `extra` gives some.
+    /// Starts `id` on `site`; see [`start_sidecar`].
     fn start(&self, site: &Site, id: &str, extra: &[(&str, &str)]) -> Sidecar {
-        let ca = tls_proxy::ca_file().to_string_lossy().into_owned();
-        let state = self.dir.path().join(format!("{id}-state")).to_string_lossy().into_owned();
-        // Empty is unset: nothing inherited from the bench's environment.
-        let mut env = vec![
-            ("REGISTRY_CA_FILE", ca.as_str()),
-            ("STATE_DIR", state.as_str()),
-            ("RUST_LOG", "info"),
-            ("TURN_URL", ""),
-            ("TURN_SECRET", ""),
-            ("TURN_USERNAME", ""),
-            ("TURN_PASSWORD", ""),
-            ("ICE_TRANSPORT_POLICY", ""),
-        ];
-        env.extend_from_slice(extra);
-        site.start_sidecar(&self.registry, self.dir.path(), &format!("key-{id}"), id, &env)
+        start_sidecar(&self.registry, self.dir.path(), site, id, extra)
     }
 
     /// The log lines of a sidecar `id` on a site of `kind` that has all it
@@ -202,6 +195,36 @@ impl World {
     }
 }
 
+/// Starts `id` (API key `key-{id}`) on `site` against the lab's
+/// `registry`, its state in `dir`, and waits until its IPC socket is
+/// bound. It has no TURN or ICE settings of its own unless `extra` gives
+/// some: it takes the registry's (`GET /api/config`).
+pub(crate) fn start_sidecar(registry: &Registry, dir: &Path, site: &Site, id: &str, extra: &[(&str, &str)]) -> Sidecar {
+    let ca = tls_proxy::ca_file().to_string_lossy().into_owned();
+    let state = dir.join(format!("{id}-state")).to_string_lossy().into_owned();
+    // Empty is unset: nothing inherited from the bench's environment.
+    let mut env = vec![
+        ("REGISTRY_CA_FILE", ca.as_str()),
+        ("STATE_DIR", state.as_str()),
+        ("RUST_LOG", "info"),
+        ("TURN_URL", ""),
+        ("TURN_SECRET", ""),
+        ("TURN_USERNAME", ""),
+        ("TURN_PASSWORD", ""),
+        ("ICE_TRANSPORT_POLICY", ""),
+    ];
+    env.extend_from_slice(extra);
+    site.start_sidecar(registry, dir, &format!("key-{id}"), id, &env)
+}
+
+/// An `api_keys.json` in `dir` giving each of `ids` the key `key-{id}`.
+pub(crate) fn write_keys(dir: &Path, ids: &[String]) -> Result<(), String> {
+    let keys: Vec<String> =
+        ids.iter().map(|id| format!("\"key-{id}\":{{\"peer_id\":\"{id}\",\"role\":\"agent\"}}")).collect();
+    std::fs::write(dir.join("api_keys.json"), format!("{{\"keys\":{{{}}}}}", keys.join(",")))
+        .map_err(|e| format!("api_keys.json: {e}"))
+}
+
 /// SIGTERM to each, then waits (bounded) for them to leave; the ones that
 /// do not are killed on drop. How many did not leave in time.
 fn stop(sidecars: Vec<Sidecar>) -> usize {
@@ -217,6 +240,120 @@ fn stop(sidecars: Vec<Sidecar>) -> usize {
     unclean
 }
 
+/// Two linked sidecars, A and B, with their bench agents: what the round
+/// trip and throughput figures of this section and the relay section are
+/// measured on.
+pub(crate) struct Pair {
+    // Field order: the agents go before their sidecars.
+    pub agent_a: Ipc,
+    pub agent_b: Ipc,
+    pub a: Sidecar,
+    pub b: Sidecar,
+    pub ids: (String, String),
+}
+
+impl Pair {
+    /// Starts A (`start(sites.0, ids.0)`), waits for the log lines `ready`
+    /// of it (none: only for its IPC socket), starts B on `sites.1` and
+    /// waits until both agents have read `peer_connected` for the other.
+    pub(crate) fn link(
+        start: impl Fn(&Site, &str) -> Sidecar,
+        sites: (&Site, &Site),
+        ids: (String, String),
+        ready: &[String],
+    ) -> Result<Pair, String> {
+        let a = start(sites.0, &ids.0);
+        let agent_a = Ipc::attach(&a.socket, EVENT_LIMIT)?;
+        if !ready.is_empty() {
+            a.proc.wait_for_lines(&ready.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        let b = start(sites.1, &ids.1);
+        let agent_b = Ipc::attach(&b.socket, EVENT_LIMIT)?;
+        let mut pair = Pair { agent_a, agent_b, a, b, ids };
+        let (a_id, b_id) = (pair.ids.0.as_str(), pair.ids.1.as_str());
+        pair.agent_a.wait(LINK_LIMIT, &format!("peer_connected {b_id}"), |v| {
+            v["type"] == "peer_connected" && v["payload"]["peer_id"] == b_id
+        })?;
+        pair.agent_b.wait(LINK_LIMIT, &format!("peer_connected {a_id}"), |v| {
+            v["type"] == "peer_connected" && v["payload"]["peer_id"] == a_id
+        })?;
+        Ok(pair)
+    }
+
+    /// A's and B's `status` paths entry for the other.
+    pub(crate) fn paths(&mut self) -> Result<(Value, Value), String> {
+        let pa = self.agent_a.status()?["payload"]["paths"][&self.ids.1].clone();
+        let pb = self.agent_b.status()?["payload"]["paths"][&self.ids.0].clone();
+        Ok((pa, pb))
+    }
+
+    /// Round trips A -> B -> A with B's agent echoing (the sidecar
+    /// section's code), as p50 and p99 figures named `{label}: …`; sorted
+    /// nanoseconds.
+    pub(crate) fn round_trips(&mut self, report: &mut Report, label: &str) -> Result<Vec<u64>, String> {
+        self.agent_b.echo.store(true, Ordering::Relaxed);
+        let rtt = round_trips(&mut self.agent_a, &self.ids.1, "echo");
+        self.agent_b.echo.store(false, Ordering::Relaxed);
+        let rtt = rtt?;
+        for p in [50.0, 99.0] {
+            report.figure(
+                &format!("{label}: IPC -> DataChannel -> IPC round trip, p{p}"),
+                report::percentile(&rtt, p) as f64,
+                Unit::Us,
+                Budget::None,
+            );
+        }
+        report.note(&format!(
+            "{} round trips, one in flight, B's agent echoing (as in the sidecar section); max {:.1} µs",
+            rtt.len(),
+            *rtt.last().unwrap_or(&0) as f64 / 1e3
+        ));
+        Ok(rtt)
+    }
+
+    /// 16 KiB messages A -> B (the sidecar section's code) as a figure
+    /// named `{label}: …`, with its notes; bytes/s.
+    pub(crate) fn throughput(&mut self, report: &mut Report, label: &str) -> Result<f64, String> {
+        let pids = (self.a.proc.child.id(), self.b.proc.child.id());
+        let bulk = bulk(&mut self.agent_a, &self.agent_b, (&self.ids.0, &self.ids.1), pids, MAX_WINDOW)?;
+        report.figure(
+            &format!("{label}: DataChannel one-way throughput, 16 KiB messages"),
+            bulk.bytes_per_sec / 1e6,
+            Unit::PerSec("MB"),
+            Budget::None,
+        );
+        for note in &bulk.notes {
+            report.note(note);
+        }
+        Ok(bulk.bytes_per_sec)
+    }
+
+    /// A warning, with A's last path changes, when A's path is no longer
+    /// `first` (its path when the figures began).
+    pub(crate) fn note_path_change(&mut self, report: &Report, first: &Value) -> Result<(), String> {
+        let now = self.paths()?.0;
+        if side_path(&now) != side_path(first) {
+            report.note(&format!("warning: A's path changed meanwhile, to {}; A logged:", side_path(&now)));
+            let log = self.a.proc.log();
+            let changes: Vec<&str> = log.lines().filter(|l| l.contains("path to")).collect();
+            for line in &changes[changes.len().saturating_sub(4)..] {
+                report.note(&format!("  {line}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to both; a warning when one does not leave in time.
+    pub(crate) fn stop(self, report: &Report) {
+        let Pair { agent_a, agent_b, a, b, .. } = self;
+        drop((agent_a, agent_b));
+        let unclean = stop(vec![a, b]);
+        if unclean > 0 {
+            report.note(&format!("warning: {unclean} sidecars did not leave within {EXIT_LIMIT:?} after SIGTERM"));
+        }
+    }
+}
+
 // ---------------------------------------------------------------- figures
 
 /// One link of a pair: how long it took, and the path each side reported.
@@ -229,12 +366,12 @@ struct Link {
 }
 
 /// `local/transport->remote` from one side's `status` paths entry.
-fn side_path(p: &Value) -> String {
+pub(crate) fn side_path(p: &Value) -> String {
     let s = |k: &str| p[k].as_str().unwrap_or("?").to_owned();
     if p.is_null() { "none".into() } else { format!("{}/{}->{}", s("local"), s("local_transport"), s("remote")) }
 }
 
-fn relayed(p: &Value) -> bool {
+pub(crate) fn relayed(p: &Value) -> bool {
     p["local"] == "relay" || p["remote"] == "relay"
 }
 
@@ -372,24 +509,14 @@ fn relay_cost(report: &mut Report, w: &World) -> Result<(), String> {
 
 fn traffic(report: &mut Report, w: &World, s: &Scenario) -> Result<Traffic, String> {
     let (site_a, site_b) = (&w.sites[0].1[0], &w.sites[0].1[1]);
-    let (a_id, b_id) = (format!("nat-{}-a", s.tag), format!("nat-{}-b", s.tag));
+    let ids = (format!("nat-{}-a", s.tag), format!("nat-{}-b", s.tag));
     let url = s.relay.map(|transport| w.turn.turn_url(transport));
     let mut extra = Vec::new();
     if let Some(url) = &url {
         extra.extend([("ICE_TRANSPORT_POLICY", "relay"), ("TURN_URL", url.as_str()), ("TURN_SECRET", SECRET)]);
     }
-    let a = w.start(site_a, &a_id, &extra);
-    let mut agent_a = Ipc::attach(&a.socket, EVENT_LIMIT)?;
-    let b = w.start(site_b, &b_id, &extra);
-    let mut agent_b = Ipc::attach(&b.socket, EVENT_LIMIT)?;
-    agent_a.wait(LINK_LIMIT, &format!("peer_connected {b_id}"), |v| {
-        v["type"] == "peer_connected" && v["payload"]["peer_id"] == b_id.as_str()
-    })?;
-    agent_b.wait(LINK_LIMIT, &format!("peer_connected {a_id}"), |v| {
-        v["type"] == "peer_connected" && v["payload"]["peer_id"] == a_id.as_str()
-    })?;
-    let path = |agent: &mut Ipc, peer: &str| agent.status().map(|v| v["payload"]["paths"][peer].clone());
-    let (pa, pb) = (path(&mut agent_a, &b_id)?, path(&mut agent_b, &a_id)?);
+    let mut pair = Pair::link(|site, id| w.start(site, id, &extra), (site_a, site_b), ids, &[])?;
+    let (pa, pb) = pair.paths()?;
     let expected = |p: &Value| match s.relay {
         None => !relayed(p),
         Some(t) => p["local"] == "relay" && p["remote"] == "relay" && p["local_transport"] == t,
@@ -404,41 +531,11 @@ fn traffic(report: &mut Report, w: &World, s: &Scenario) -> Result<Traffic, Stri
         report.note("warning: not the path this scenario is meant to measure");
     }
 
-    agent_b.echo.store(true, Ordering::Relaxed);
-    let rtt = round_trips(&mut agent_a, &b_id, "echo")?;
-    agent_b.echo.store(false, Ordering::Relaxed);
+    let label = format!("nat {}", s.what);
+    let rtt = pair.round_trips(report, &label)?;
     let before = (site_a.counters(), w.lab.direct_udp(site_a, site_b));
-    let pids = (a.proc.child.id(), b.proc.child.id());
-    let bulk = bulk(&mut agent_a, &agent_b, (&a_id, &b_id), pids, MAX_WINDOW)?;
+    let bytes_per_sec = pair.throughput(report, &label)?;
     let after = (site_a.counters(), w.lab.direct_udp(site_a, site_b));
-    let after_path = path(&mut agent_a, &b_id)?;
-
-    report.figure(
-        &format!("nat {}: IPC -> DataChannel -> IPC round trip, p50", s.what),
-        report::percentile(&rtt, 50.0) as f64,
-        Unit::Us,
-        Budget::None,
-    );
-    report.figure(
-        &format!("nat {}: IPC -> DataChannel -> IPC round trip, p99", s.what),
-        report::percentile(&rtt, 99.0) as f64,
-        Unit::Us,
-        Budget::None,
-    );
-    report.note(&format!(
-        "{} round trips, one in flight, B's agent echoing (as in the sidecar section); max {:.1} µs",
-        rtt.len(),
-        *rtt.last().unwrap_or(&0) as f64 / 1e3
-    ));
-    report.figure(
-        &format!("nat {}: DataChannel one-way throughput, 16 KiB messages", s.what),
-        bulk.bytes_per_sec / 1e6,
-        Unit::PerSec("MB"),
-        Budget::None,
-    );
-    for note in &bulk.notes {
-        report.note(note);
-    }
     let mb = |bytes: u64| bytes as f64 / 1e6;
     let to_coturn = |c: &chatixia_e2e::netlab::Counters| c.out.turn.bytes + c.out.relay.bytes;
     report.note(&format!(
@@ -447,20 +544,9 @@ fn traffic(report: &mut Report, w: &World, s: &Scenario) -> Result<Traffic, Stri
         mb(to_coturn(&after.0) - to_coturn(&before.0)),
         mb(after.1.bytes - before.1.bytes)
     ));
-    if side_path(&after_path) != side_path(&pa) {
-        report.note(&format!("warning: A's path changed meanwhile, to {}; A logged:", side_path(&after_path)));
-        let log = a.proc.log();
-        let changes: Vec<&str> = log.lines().filter(|l| l.contains("path to")).collect();
-        for line in &changes[changes.len().saturating_sub(4)..] {
-            report.note(&format!("  {line}"));
-        }
-    }
-    drop((agent_a, agent_b));
-    let unclean = stop(vec![a, b]);
-    if unclean > 0 {
-        report.note(&format!("warning: {unclean} sidecars did not leave within {EXIT_LIMIT:?} after SIGTERM"));
-    }
-    Ok(Traffic { rtt, bytes_per_sec: bulk.bytes_per_sec })
+    pair.note_path_change(report, &pa)?;
+    pair.stop(report);
+    Ok(Traffic { rtt, bytes_per_sec })
 }
 
 fn list_ms(values: &[u64]) -> String {
