@@ -1007,9 +1007,19 @@ impl PeerLink {
                 None
             }
             Event::PeerStats(stats) => {
-                let rtt = stats.selected_candidate_pair.and_then(|p| p.current_round_trip_time);
+                let selected = stats.selected_candidate_pair.as_ref();
+                let rtt = selected.and_then(|p| p.current_round_trip_time);
                 if rtt.is_some() {
                     self.rtt = rtt;
+                }
+                // ICE may move to a better pair while the link is idle; the
+                // path is otherwise learnt from the next DTLS record.
+                if let Some(p) = selected
+                    && self.path.is_some()
+                    && self.path != Some((p.local.addr, p.remote.addr))
+                {
+                    self.path = Some((p.local.addr, p.remote.addr));
+                    self.path_reported = false;
                 }
                 None
             }
