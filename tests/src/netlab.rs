@@ -1285,8 +1285,14 @@ fn remove_stale_labs(tools: &Tools) {
     }
 }
 
-/// Runs a command to completion within [`TIMEOUT`], feeding it `input`;
-/// its stdout, or an error with its stderr.
+/// How long one set-up command may take. Creating and deleting network
+/// namespaces is serialized in the kernel (deletion runs on a work queue),
+/// so with a full test suite doing it in parallel on two cores a plain `ip`
+/// batch has been seen to take over 20 s.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Runs a command to completion within [`COMMAND_TIMEOUT`], feeding it
+/// `input`; its stdout, or an error with its stderr.
 fn run_command(mut cmd: Command, what: &str, input: Option<String>) -> Result<String, String> {
     cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
@@ -1300,14 +1306,14 @@ fn run_command(mut cmd: Command, what: &str, input: Option<String>) -> Result<St
         }
         let _ = tx.send(child.wait_with_output());
     });
-    match rx.recv_timeout(TIMEOUT) {
+    match rx.recv_timeout(COMMAND_TIMEOUT) {
         Ok(Ok(out)) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
         Ok(Ok(out)) => Err(format!("{what}: {} ({})", out.status, String::from_utf8_lossy(&out.stderr).trim())),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
         Err(_) => {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            Err(format!("{what}: no exit within {TIMEOUT:?}"))
+            Err(format!("{what}: no exit within {COMMAND_TIMEOUT:?}"))
         }
     }
 }

@@ -1075,10 +1075,25 @@ impl Mesh {
                 LinkOutput::Open => self.on_open(idx, now),
                 LinkOutput::RemoteAddress(addr) => self.outputs.push_back(MeshOutput::RemoteAddress(addr)),
                 LinkOutput::PathChanged => self.on_path(idx, now),
+                LinkOutput::PeerMoved(addr) => self.on_peer_moved(idx, addr, now),
                 LinkOutput::Message(text) => self.on_message(idx, &text),
                 LinkOutput::Closed => self.on_closed(idx, now),
             }
         }
+    }
+
+    /// The peer's NAT moved it and our data no longer reaches it: a fresh
+    /// link at once, from whichever side noticed (an offer replaces the
+    /// peer's link too). What the old one had not delivered goes over the
+    /// new one.
+    fn on_peer_moved(&mut self, idx: usize, addr: SocketAddr, now: Instant) {
+        if !self.is_current(&self.conns[idx]) || !self.conns[idx].opened {
+            return;
+        }
+        let (id, peer) = (self.conns[idx].id, self.conns[idx].peer.clone());
+        log::info!("{peer} moved to {addr} and our data no longer reaches it: offering a fresh link");
+        self.retire(id, now);
+        self.start_offer(&peer, now);
     }
 
     fn on_open(&mut self, idx: usize, now: Instant) {

@@ -643,6 +643,35 @@ mod tests {
     }
 
     #[test]
+    fn a_nat_that_forgets_its_mappings_gets_both_directions_back() {
+        let ids = ["alpha", "bravo"];
+        let mut w = world(&ids, true);
+        // alpha behind a cone NAT, bravo public.
+        let alpha_ip = w.nodes[0].addr.ip();
+        w.net.add_nat(alpha_ip, IpAddr::from([198, 51, 100, 10]), NatKind::Cone);
+        w.connect("alpha");
+        w.connect("bravo");
+        assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&ids)));
+        w.run_for(Duration::from_secs(2));
+        w.net.rebind(alpha_ip);
+        let rebound = w.now;
+        let mut sent = 0;
+        let back = |w: &World, n: usize| w.messages("bravo").len() >= n.max(1) && w.messages("alpha").len() >= n.max(1);
+        while !back(&w, sent) && w.now - rebound < Duration::from_secs(15) {
+            w.send("alpha", "bravo", "after", Value::Null);
+            w.send("bravo", "alpha", "after", Value::Null);
+            sent += 1;
+            w.run_for(Duration::from_millis(100));
+        }
+        let took = w.now - rebound;
+        eprintln!("both directions back {took:?} after the NAT forgot its mappings (simulated)");
+        assert!(took < Duration::from_secs(15), "{took:?}");
+        // Whatever was sent meanwhile arrives: nothing is lost.
+        let all = |w: &World| w.messages("bravo").len() == sent && w.messages("alpha").len() == sent;
+        assert!(w.run_until(Duration::from_secs(5), all), "{sent} sent each way");
+    }
+
+    #[test]
     fn cone_nats_stay_direct_when_a_relay_is_offered() {
         let ids = ["alpha", "bravo"];
         let mut w = world_with(&ids, true, true, false);

@@ -43,6 +43,15 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(6);
 /// within 15 s, which ICE alone cannot do (about 21.5 s, and 15 s at best
 /// with tuning: docs/ARCHITECTURE.md, str0m fact 4).
 pub const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(12);
+/// How long the peer's data may come from another address than ours goes
+/// to before the link is given up as stale ([`LinkOutput::PeerMoved`]).
+/// Longer than ICE takes to move both ends to a better pair.
+pub const PEER_MOVED_AFTER: Duration = Duration::from_secs(2);
+/// The same when the peer sends no data, only ICE checks: how long the
+/// address our data goes to may stay silent while the peer is heard from
+/// another. Both sides check the selected pair every [`DEFAULT_KEEPALIVE`],
+/// so a live address is never silent this long.
+pub const PATH_SILENT_AFTER: Duration = Duration::from_secs(8);
 /// Timeouts run at once after the answer: one per check that arrived
 /// before it (the answerer sends a first one and may retransmit it), plus
 /// the one that sends our own checks.
@@ -245,6 +254,12 @@ pub enum LinkOutput {
     RemoteAddress(SocketAddr),
     /// The selected path changed (see [`PeerLink::path`]).
     PathChanged,
+    /// The peer's data has come from this other address for
+    /// [`PEER_MOVED_AFTER`] while ours still goes to the old one: its NAT
+    /// gave it a new mapping, and ICE will not move to it (the new pair can
+    /// rank no higher than the old one). Only a fresh link brings our data
+    /// back. At most once per link.
+    PeerMoved(SocketAddr),
     /// The link is finished: the peer went silent
     /// ([`LinkConfig::silence_timeout`]) or ICE lost it, the channel or the
     /// connection was closed by either side (a local [`PeerLink::close`]
@@ -329,6 +344,13 @@ pub struct PeerLink {
     /// The (local, remote) pair DTLS records last went out on.
     path: Option<(SocketAddr, SocketAddr)>,
     path_reported: bool,
+    /// Since when the peer's DTLS has come from an address our path does
+    /// not go to, and whether that was reported.
+    moved_since: Option<(SocketAddr, Instant)>,
+    moved_reported: bool,
+    /// When the address our data goes to was last heard from (or became
+    /// that address).
+    destination_heard: Option<Instant>,
     rtt: Option<Duration>,
     mid: Option<String>,
     mline_index: u16,
@@ -659,9 +681,52 @@ impl PeerLink {
         }
         match guarded(&mut self.rtc, |rtc| rtc.handle_input(input)) {
             // Strangers' datagrams must not keep a dead link alive.
-            Ok(()) if from_peer => self.last_heard = self.last_heard.max(now),
+            Ok(()) if from_peer => {
+                self.last_heard = self.last_heard.max(now);
+                let dtls = bytes.first().is_some_and(|b| (20..=63).contains(b));
+                self.watch_peer_source(source, dtls, now);
+            }
             Ok(()) => {}
             Err(e) => self.fail(&e),
+        }
+    }
+
+    /// The peer was heard from `source` (a DTLS record when `dtls`): is that
+    /// where ours goes? Its data coming from elsewhere for
+    /// [`PEER_MOVED_AFTER`], or our destination silent for
+    /// [`PATH_SILENT_AFTER`] while the peer is heard elsewhere, means its
+    /// NAT moved it.
+    fn watch_peer_source(&mut self, source: SocketAddr, dtls: bool, now: Instant) {
+        let Some((_, destination)) = self.path else { return };
+        if self.moved_reported {
+            return;
+        }
+        if destination == source {
+            self.destination_heard = Some(now);
+            if dtls {
+                self.moved_since = None;
+            }
+            return;
+        }
+        let heard = *self.destination_heard.get_or_insert(now);
+        let silent = now.saturating_duration_since(heard) >= PATH_SILENT_AFTER;
+        let moved = match self.moved_since {
+            Some((from, since)) if dtls && from == source => now.saturating_duration_since(since) >= PEER_MOVED_AFTER,
+            _ => {
+                if dtls {
+                    self.moved_since = Some((source, now));
+                }
+                false
+            }
+        };
+        if moved || silent {
+            log::info!(
+                "[{}] the peer is heard from {source} while ours goes to {destination}, silent for {:?}",
+                self.name,
+                now.saturating_duration_since(heard)
+            );
+            self.moved_since = Some((source, now));
+            self.moved_reported = true;
         }
     }
 
@@ -836,6 +901,11 @@ impl PeerLink {
                 self.path_reported = true;
                 return LinkOutput::PathChanged;
             }
+            if self.moved_reported
+                && let Some((source, _)) = self.moved_since.take()
+            {
+                return LinkOutput::PeerMoved(source);
+            }
             let out = match guarded(&mut self.rtc, |rtc| rtc.poll_output()) {
                 Ok(out) => out,
                 Err(e) => {
@@ -851,6 +921,7 @@ impl PeerLink {
                     if dtls && self.path != Some((t.source, t.destination)) {
                         self.path = Some((t.source, t.destination));
                         self.path_reported = false;
+                        self.destination_heard = Some(self.last_now);
                     }
                     return LinkOutput::Transmit {
                         source: t.source,
@@ -908,6 +979,9 @@ impl PeerLink {
             new_remote_addrs: Vec::new(),
             path: None,
             path_reported: true,
+            moved_since: None,
+            moved_reported: false,
+            destination_heard: None,
             rtt: None,
             mid: None,
             mline_index: 0,
@@ -1020,6 +1094,7 @@ impl PeerLink {
                 {
                     self.path = Some((p.local.addr, p.remote.addr));
                     self.path_reported = false;
+                    self.destination_heard = Some(self.last_now);
                 }
                 None
             }
@@ -1212,7 +1287,7 @@ mod tests {
                         assert!(side.closed_at.is_none(), "Closed twice");
                         side.closed_at = Some(now);
                     }
-                    LinkOutput::RemoteAddress(_) | LinkOutput::PathChanged => {}
+                    LinkOutput::RemoteAddress(_) | LinkOutput::PathChanged | LinkOutput::PeerMoved(_) => {}
                     LinkOutput::Timeout(t) => {
                         side.deadline = t;
                         return;

@@ -119,6 +119,18 @@ impl Network {
         self.nats.insert(private, nat);
     }
 
+    /// The NAT in front of `private` forgets every mapping and numbers new
+    /// ones from another range, as a router does when it reboots or its
+    /// conntrack table is flushed: packets to the old mappings are dropped.
+    pub fn rebind(&mut self, private: IpAddr) {
+        if let Some(nat) = self.nats.get_mut(&private) {
+            nat.mappings.clear();
+            nat.inside.clear();
+            nat.allowed.clear();
+            nat.next_port = nat.next_port.wrapping_add(1000).max(20_000);
+        }
+    }
+
     pub fn block(&mut self, a: IpAddr, b: IpAddr) {
         self.blocked.insert((a, b));
     }

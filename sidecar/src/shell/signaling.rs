@@ -27,8 +27,11 @@ use crate::core::urls::{url_with_token, ws_endpoint};
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// A refused credential is retried this slowly: an operator has to act.
 pub const UNAUTHORIZED_RETRY: Duration = Duration::from_secs(60);
-pub const PING_INTERVAL: Duration = Duration::from_secs(20);
-pub const PONG_TIMEOUT: Duration = Duration::from_secs(20);
+/// A router that reboots or flushes its NAT table kills the WebSocket's
+/// TCP connection without a word; the next write learns it (a reset), so
+/// pings are what bounds how long a sidecar stays unreachable for offers.
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+pub const PONG_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bounds the token request and the WebSocket handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Registry frames are limited to 64 KiB (docs/PROTOCOL.md §4); this is only a cap on
