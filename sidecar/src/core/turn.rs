@@ -52,12 +52,12 @@ const MAX_WANTED_PERMISSIONS: usize = 256;
 const MAX_CHANNELS: usize = 64;
 /// Servers used at once; more are ignored.
 pub const MAX_SERVERS: usize = 8;
-/// How long a relayed address on the registry's relay over the WebSocket
-/// waits for the same relay's UDP allocation. Links rank relayed
-/// candidates in the order they get them, and UDP carries nearly twice
-/// the throughput at half the added latency; a network without UDP pays
-/// this once.
-const WEBSOCKET_HOLD: Duration = Duration::from_millis(500);
+/// How long a relayed address reached over a stream (TCP, TLS, or the
+/// registry's relay over the WebSocket) waits for UDP allocations still
+/// being made. Links rank relayed candidates in the order they get them,
+/// and UDP carries nearly twice the throughput at half the added latency;
+/// a network without UDP pays this once.
+const STREAM_HOLD: Duration = Duration::from_millis(500);
 
 /// A TURN server with the credentials to use it.
 #[derive(Clone, PartialEq, Eq)]
@@ -146,7 +146,7 @@ struct Relay {
     retry_at: Option<Instant>,
     failures: u32,
     /// A relayed address not yet given to the links, and until when it
-    /// waits (see [`WEBSOCKET_HOLD`]).
+    /// waits (see [`STREAM_HOLD`]).
     held_until: Option<Instant>,
 }
 
@@ -530,8 +530,8 @@ impl Relays {
                 relay.relayed = Some(relayed);
                 relay.failures = 0;
                 let (server, transport) = (relay.addr, relay.transport());
-                if transport == TurnTransport::Signaling && self.udp_sibling_allocating(i) {
-                    self.relays[i].held_until = Some(now + WEBSOCKET_HOLD);
+                if transport != TurnTransport::Udp && self.udp_allocating() {
+                    self.relays[i].held_until = Some(now + STREAM_HOLD);
                 } else {
                     self.outputs.push_back(RelayOutput::Candidate { relayed, server, transport });
                 }
@@ -554,17 +554,9 @@ impl Relays {
         }
     }
 
-    /// Whether the relay of `i` (the registry's, by its instance) is being
-    /// allocated on over UDP at this moment.
-    fn udp_sibling_allocating(&self, i: usize) -> bool {
-        let instance = &self.relays[i].server.instance;
-        instance.is_some()
-            && self.relays.iter().any(|r| {
-                r.transport() == TurnTransport::Udp
-                    && &r.server.instance == instance
-                    && r.client.is_some()
-                    && r.relayed.is_none()
-            })
+    /// Whether an allocation over UDP is being made at this moment.
+    fn udp_allocating(&self) -> bool {
+        self.relays.iter().any(|r| r.transport() == TurnTransport::Udp && r.client.is_some() && r.relayed.is_none())
     }
 
     /// Gives the links every held address whose wait is over: its time
@@ -572,7 +564,7 @@ impl Relays {
     fn release_held(&mut self, now: Instant) {
         for i in 0..self.relays.len() {
             let Some(until) = self.relays[i].held_until else { continue };
-            if until <= now || !self.udp_sibling_allocating(i) {
+            if until <= now || !self.udp_allocating() {
                 let relay = &mut self.relays[i];
                 relay.held_until = None;
                 if let Some(relayed) = relay.relayed {
