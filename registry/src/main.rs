@@ -13,6 +13,7 @@ use chatixia_settings::{Setting, Settings};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 const SETTINGS: &[Setting] = &[
     Setting::value("PORT", Some("8080"), "HTTP and WebSocket port"),
@@ -47,6 +48,7 @@ const SETTINGS: &[Setting] = &[
     Setting::value("CORS_ORIGINS", Some("*"), "comma-separated allowed origins; * = any (not for admin routes)"),
     Setting::value("TRUSTED_PROXIES", None, "comma-separated proxy addresses whose X-Forwarded-For is believed"),
     Setting::value("MAX_CONNECTIONS", Some("4096"), "open TCP connections at most"),
+    Setting::value("HTTP_TIMEOUT", Some("10"), "seconds a client has to send a request's headers, and again its body"),
     Setting::value("WS_RATE_LIMIT", Some("200"), "signaling frames per second per connection (burst 2x; 0 = off)"),
     Setting::value("WS_SEND_QUEUE", Some("256"), "frames queued towards one client before it is closed as too slow"),
     Setting::value("RUST_LOG", Some("info"), "log filter (error, warn, info, debug, trace; per module)"),
@@ -109,6 +111,9 @@ fn start(settings: &Settings) -> Result<(), String> {
             keys_file: PathBuf::from(settings.get("API_KEYS_FILE").unwrap_or("api_keys.json")),
             dev: settings.is_on("CHATIXIA_DEV"),
             max_connections: settings.parse("MAX_CONNECTIONS")?.unwrap_or(4096),
+            http_timeout: Duration::from_secs_f64(
+                settings.parse::<f64>("HTTP_TIMEOUT")?.unwrap_or(10.0).clamp(0.1, 3600.0),
+            ),
             ws_send_queue: settings.parse::<usize>("WS_SEND_QUEUE")?.unwrap_or(256).max(1),
             ws_hard_cap: 2 * 1024 * 1024,
             state_dir: chatixia_settings::systemd::state_dir(settings.get("STATE_DIR")),

@@ -213,3 +213,30 @@ fn a_client_that_never_reads_is_disconnected() {
         c.expect_error("unknown_target").await;
     });
 }
+
+/// A request whose headers arrived but whose body never does is answered
+/// 408 and its connection closed (EOF) once `HTTP_TIMEOUT` runs out, so
+/// such requests cannot pile up until they hold every connection slot;
+/// the registry serves others meanwhile.
+#[test]
+fn a_body_that_never_arrives_times_out_and_frees_its_connection() {
+    use std::io::{Read, Write};
+    let dir = Scratch::new("slow-body");
+    std::fs::write(dir.path().join("api_keys.json"), chatixia_e2e::DEFAULT_KEYS).unwrap();
+    let reg = Registry::start_in(dir.path(), &[], &[("HTTP_TIMEOUT", "1")]);
+    let mut stuck = std::net::TcpStream::connect(("127.0.0.1", reg.port)).unwrap();
+    stuck.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    let head =
+        "POST /api/hub/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    stuck.write_all(head.as_bytes()).unwrap();
+    // Served while the stuck request waits.
+    assert_eq!(reg.get("/api/registry/agents").status, 200);
+    let mut answer = String::new();
+    let read = stuck.read_to_string(&mut answer);
+    let waited = started.elapsed();
+    assert!(read.is_ok(), "the connection was not closed: {read:?} after {waited:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(10), "{waited:?}");
+    reg.proc.wait_for_line("body not complete within");
+}

@@ -14,7 +14,6 @@ use smol_hyper::rt::{FuturesIo, SmolTimer};
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
-use std::time::Duration;
 
 type Body = Full<Bytes>;
 
@@ -25,13 +24,14 @@ pub(super) async fn serve(
     peer: SocketAddr,
     guard: Rc<SocketGuard>,
 ) {
+    let http_timeout = shared.config.http_timeout;
     let service = hyper::service::service_fn(move |req| {
         let (ex, shared, guard) = (ex.clone(), shared.clone(), guard.clone());
         async move { Ok::<_, Infallible>(handle(ex, shared, req, peer, guard).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(SmolTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(http_timeout)
         .max_buf_size(64 * 1024)
         .serve_connection(FuturesIo::new(stream), service)
         .with_upgrades();
@@ -51,9 +51,24 @@ async fn handle(
         return upgrade(ex, shared, &mut req, peer, guard);
     }
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return to_hyper(ApiResponse::text(413, format!("request body over {MAX_BODY_BYTES} bytes"))),
+    let collect = async { Some(Limited::new(body, MAX_BODY_BYTES).collect().await) };
+    let deadline = async {
+        smol::Timer::after(shared.config.http_timeout).await;
+        None
+    };
+    let body = match futures_lite::future::or(collect, deadline).await {
+        Some(Ok(collected)) => collected.to_bytes(),
+        Some(Err(_)) => return to_hyper(ApiResponse::text(413, format!("request body over {MAX_BODY_BYTES} bytes"))),
+        None => {
+            log::info!(
+                "{} {} from {peer}: body not complete within {:?}",
+                parts.method,
+                parts.uri.path(),
+                shared.config.http_timeout
+            );
+            // hyper closes a connection whose body was not read to the end.
+            return to_hyper(ApiResponse::text(408, "request body not received in time"));
+        }
     };
     let headers = &parts.headers;
     let api_req = ApiRequest {

@@ -38,6 +38,10 @@ pub struct ShellConfig {
     pub dev: bool,
     /// Open TCP connections (HTTP and WebSocket) at most.
     pub max_connections: usize,
+    /// Time a client has for a request's headers, and again for its body:
+    /// a request that never finishes must not hold a connection slot and
+    /// its buffers for ever.
+    pub http_timeout: Duration,
     /// Frames queued towards one WebSocket before it counts as too slow.
     pub ws_send_queue: usize,
     /// Frames above this are not even buffered: the socket is closed (1009).
