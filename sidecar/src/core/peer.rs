@@ -335,6 +335,10 @@ pub struct PeerLink {
     remote_description: bool,
     /// Trickled before the remote description; str0m gets them once it is set.
     early_candidates: Vec<Candidate>,
+    /// Trickled candidates taken so far, early or not. str0m pairs each new
+    /// one with every local candidate and keeps them all, so a peer that
+    /// trickles thousands would cost memory and CPU without end.
+    trickled: usize,
     /// Where the remote may send from, and what kind of candidate each is;
     /// routing fallback for datagrams that `Rtc::accepts` refuses
     /// (docs/ARCHITECTURE.md, str0m fact 1).
@@ -559,13 +563,23 @@ impl PeerLink {
             log::debug!("[{}] ignoring non-UDP remote candidate", self.name);
             return;
         }
+        if self.trickled >= self.config.max_remote_candidates {
+            if self.trickled == self.config.max_remote_candidates {
+                log::warn!(
+                    "[{}] peer trickled more than {} candidates; ignoring the rest",
+                    self.name,
+                    self.config.max_remote_candidates
+                );
+                self.trickled += 1;
+            }
+            return;
+        }
+        self.trickled += 1;
         self.remember_addr(cand.addr(), PathKind::of(cand.kind()));
         if self.remote_description {
             self.apply_remote_candidate(cand);
-        } else if self.early_candidates.len() < self.config.max_remote_candidates {
-            self.early_candidates.push(cand);
         } else {
-            log::debug!("[{}] too many early candidates; dropping one", self.name);
+            self.early_candidates.push(cand);
         }
     }
 
@@ -975,6 +989,7 @@ impl PeerLink {
             pending_offer: None,
             remote_description: false,
             early_candidates: Vec::new(),
+            trickled: 0,
             remote_addrs: Vec::new(),
             new_remote_addrs: Vec::new(),
             path: None,
@@ -1533,6 +1548,52 @@ mod tests {
         assert!(ta < Duration::from_millis(300) && tb < Duration::from_millis(300));
         assert!(net.a.link.send("hi", 0).is_ok());
         assert!(net.run_until(Duration::from_secs(1), |n| n.b.messages == ["hi"]));
+    }
+
+    /// A peer that trickles thousands of candidates gets checks sent to the
+    /// first [`DEFAULT_MAX_REMOTE_CANDIDATES`] only; the rest are not even
+    /// kept (str0m would pair every one and keep it for the link's life).
+    #[test]
+    fn trickled_candidates_beyond_the_bound_are_ignored() {
+        let config = LinkConfig::default();
+        let start = sim::start();
+        let (mut a, offer) = PeerLink::new_offerer(&[addr(A_ADDR)], &config, start).unwrap();
+        let (_b, answer) = PeerLink::new_answerer(&offer, &[], &config, start).unwrap();
+        a.accept_answer(&answer, start).unwrap();
+        let mid = a.mid();
+        for i in 0..2_000u32 {
+            let host = format!("198.51.100.{}", 1 + i % 250);
+            let port = 20_000 + i / 250;
+            a.add_remote_candidate(&IceCandidatePayload {
+                candidate: format!("candidate:{i} 1 udp 2122260223 {host} {port} typ host"),
+                sdp_mid: mid.clone(),
+                sdp_mline_index: Some(0),
+            });
+        }
+        let mut destinations = std::collections::HashSet::new();
+        let mut now = start;
+        let end = start + Duration::from_secs(20);
+        while now < end {
+            loop {
+                match a.poll_output() {
+                    LinkOutput::Transmit { destination, .. } => {
+                        destinations.insert(destination);
+                    }
+                    LinkOutput::Timeout(t) => {
+                        now = t.max(now + Duration::from_millis(1));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            a.handle_timeout(now);
+        }
+        assert!(!destinations.is_empty());
+        assert!(
+            destinations.len() <= DEFAULT_MAX_REMOTE_CANDIDATES,
+            "checks went to {} remote addresses",
+            destinations.len()
+        );
     }
 
     #[test]
