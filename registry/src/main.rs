@@ -8,6 +8,7 @@ mod admin;
 use chatixia_registry::core::config::RegistryConfig;
 use chatixia_registry::core::hub::HubConfig;
 use chatixia_registry::core::ratelimit::Rate;
+use chatixia_registry::core::tasks::Limits as TaskLimits;
 use chatixia_registry::shell::{self, RelaySettings, ShellConfig};
 use chatixia_settings::{Setting, Settings};
 use std::net::{IpAddr, SocketAddr};
@@ -49,6 +50,11 @@ const SETTINGS: &[Setting] = &[
     Setting::value("TRUSTED_PROXIES", None, "comma-separated proxy addresses whose X-Forwarded-For is believed"),
     Setting::value("MAX_CONNECTIONS", Some("4096"), "open TCP connections at most"),
     Setting::value("HTTP_TIMEOUT", Some("10"), "seconds a client has to send a request's headers, and again its body"),
+    Setting::value(
+        "TASKS_MAX_BYTES",
+        Some("8388608"),
+        "bytes all hub tasks may take together (finished ones make room first)",
+    ),
     Setting::value("WS_RATE_LIMIT", Some("200"), "signaling frames per second per connection (burst 2x; 0 = off)"),
     Setting::value("WS_SEND_QUEUE", Some("256"), "frames queued towards one client before it is closed as too slow"),
     Setting::value("RUST_LOG", Some("info"), "log filter (error, warn, info, debug, trace; per module)"),
@@ -102,6 +108,10 @@ fn start(settings: &Settings) -> Result<(), String> {
         turn,
         cors_origins: (!cors.iter().any(|o| o == "*")).then_some(cors),
         trusted_proxies,
+        task_limits: TaskLimits {
+            max_bytes: settings.parse("TASKS_MAX_BYTES")?.unwrap_or(TaskLimits::default().max_bytes),
+            ..TaskLimits::default()
+        },
         ..RegistryConfig::default()
     };
     shell::run(

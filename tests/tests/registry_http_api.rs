@@ -315,3 +315,89 @@ fn cors_preflights_and_origins() {
     let admin = reg.request("DELETE", "/api/registry/agents/x", &[("Origin", "https://dash.example")], None);
     assert_eq!((admin.status, admin.header("access-control-allow-origin")), (401, Some("https://dash.example")));
 }
+
+/// What an unauthenticated client can make the registry keep is bounded in
+/// bytes, not only in count: big task payloads fill `TASKS_MAX_BYTES` and
+/// are then refused (503), the state file stays within it, `ttl` is capped
+/// at a day, and agent records over 8 KiB are refused (413) without
+/// touching the stored one.
+#[test]
+fn stored_tasks_and_agents_are_bounded_in_bytes() {
+    let dir = Scratch::new("http-store-bounds");
+    std::fs::write(dir.path().join("api_keys.json"), chatixia_e2e::DEFAULT_KEYS).unwrap();
+    let reg = Registry::start_in(dir.path(), &[], &[("TASKS_MAX_BYTES", "262144")]);
+    // A 60 KB array of zeros: over 1 MB once parsed into a JSON tree.
+    let zeros = vec!["0"; 30_000].join(",");
+    let body = format!(r#"{{"skill":"s","ttl":99999999999,"payload":[{zeros}]}}"#);
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..8 {
+        let r = reg.post("/api/hub/tasks", &body);
+        match r.status {
+            200 => accepted.push(r.json()["task_id"].as_str().expect("task_id").to_owned()),
+            503 => {
+                assert_eq!(r.json()["error"], "task store full", "{r:?}");
+                refused += 1;
+            }
+            _ => panic!("{r:?}"),
+        }
+    }
+    assert_eq!((accepted.len(), refused), (4, 4), "4 tasks of 60 KB fit in 256 KiB");
+    let task = reg.get(&format!("/api/hub/tasks/{}", accepted[0])).json();
+    assert_eq!(task["ttl"], 86_400);
+    assert_eq!(task["payload"].as_array().map(Vec::len), Some(30_000));
+    let file = std::fs::metadata(dir.path().join("chatixia-state/tasks.json")).expect("tasks.json").len();
+    assert!(file < 262_144 + 4_096, "tasks.json is {file} bytes");
+    // A small task still fits.
+    assert_eq!(reg.post("/api/hub/tasks", r#"{"skill":"s"}"#).status, 200);
+
+    let agent = json!({"agent_id": "a1", "hostname": "h", "capabilities": {"skills": ["search"]}});
+    assert_eq!(reg.post("/api/registry/agents", &agent.to_string()).status, 200);
+    let skills: Vec<String> = (0..3_000).map(|i| (i % 10).to_string()).collect();
+    let big = json!({"agent_id": "a1", "hostname": "h", "capabilities": {"skills": skills}});
+    let r = reg.post("/api/registry/agents", &big.to_string());
+    assert_eq!(r.status, 413, "{r:?}");
+    assert!(r.json()["error"].as_str().is_some_and(|e| e.contains("exceeds 8192")), "{r:?}");
+    let r = reg.post("/api/hub/heartbeat", &json!({"agent_id": "a1", "skill_names": skills}).to_string());
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(reg.get("/api/registry/agents/a1").json()["capabilities"]["skills"], json!(["search"]));
+}
+
+/// A web page on another origin cannot write through a visitor's browser:
+/// a `text/plain` post (which needs no preflight) is refused with 403 and
+/// nothing is stored, while the registry's own pages, listed origins,
+/// requests with a credential and non-browser clients are served.
+#[test]
+fn writes_from_foreign_web_pages_are_refused() {
+    let dir = Scratch::new("http-cors-writes");
+    std::fs::write(dir.path().join("api_keys.json"), chatixia_e2e::DEFAULT_KEYS).unwrap();
+    let reg = Registry::start_in(dir.path(), &[], &[("CORS_ORIGINS", "https://dash.example")]);
+    let task = r#"{"skill":"s"}"#;
+    let plain = |origin: &str| {
+        reg.request("POST", "/api/hub/tasks", &[("Origin", origin), ("Content-Type", "text/plain")], Some(task))
+    };
+    let r = plain("http://evil.example");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.json()["error"].as_str().is_some_and(|e| e.contains("CORS_ORIGINS")), "{r:?}");
+    let agent = r#"{"agent_id":"x","hostname":"h"}"#;
+    let r = reg.request("POST", "/api/registry/agents", &[("Origin", "http://evil.example")], Some(agent));
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(reg.get("/api/hub/tasks/all").json(), json!([]));
+    assert_eq!(reg.get("/api/registry/agents").json(), json!([]));
+    // Reads from anywhere still work.
+    let read = reg.request("GET", "/api/hub/tasks/all", &[("Origin", "http://evil.example")], None);
+    assert_eq!(read.status, 200);
+
+    let own = format!("http://127.0.0.1:{}", reg.port);
+    assert_eq!(plain(&own).status, 200);
+    assert_eq!(plain("https://dash.example").status, 200);
+    let keyed = reg.request(
+        "POST",
+        "/api/hub/tasks",
+        &[("Origin", "http://evil.example"), ("X-API-Key", "key-alpha")],
+        Some(task),
+    );
+    assert_eq!(keyed.status, 200, "{keyed:?}");
+    assert_eq!(reg.post("/api/hub/tasks", task).status, 200);
+    assert_eq!(reg.get("/api/hub/tasks/all").json().as_array().map(Vec::len), Some(4));
+}

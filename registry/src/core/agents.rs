@@ -18,6 +18,25 @@ pub const OFFLINE_AFTER: Duration = Duration::from_secs(270);
 /// bound anyone could grow the registry's memory by inventing agent ids.
 pub const DEFAULT_MAX_AGENTS: usize = 10_000;
 
+/// Largest agent record kept ([`AgentInfo::stored_bytes`]). Registration
+/// needs no credential and a 64 KiB body of short skill names would
+/// otherwise cost half a megabyte; real agents send well under 1 KiB.
+pub const MAX_AGENT_BYTES: usize = 8 * 1024;
+
+/// Default bound of all records together; the least recently heard
+/// agents make room, as with [`DEFAULT_MAX_AGENTS`].
+pub const DEFAULT_MAX_TOTAL_BYTES: usize = 8 << 20;
+
+/// An agent record over [`MAX_AGENT_BYTES`]; nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge(pub usize);
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "agent record of {} bytes exceeds {MAX_AGENT_BYTES}", self.0)
+    }
+}
+
 const DEFAULT_PORT: u16 = 8000;
 
 fn default_port() -> u16 {
@@ -58,6 +77,21 @@ pub struct AgentInfo {
 }
 
 impl AgentInfo {
+    /// What the record costs to keep: its texts, with a share for each
+    /// list entry and for the record itself.
+    pub fn stored_bytes(&self) -> usize {
+        let list = |l: &[String]| l.iter().map(|s| 32 + s.len()).sum::<usize>();
+        256 + self.agent_id.len()
+            + self.hostname.len()
+            + self.ip.len()
+            + self.sidecar_peer_id.len()
+            + self.status.len()
+            + self.mode.len()
+            + self.capabilities.mode.len()
+            + list(&self.capabilities.skills)
+            + list(&self.capabilities.mcp_servers)
+    }
+
     /// An agent known only by id and hostname, every other field at its default.
     pub fn new(agent_id: &str, hostname: &str) -> Self {
         AgentInfo {
@@ -232,6 +266,9 @@ impl Entry {
 pub struct AgentRegistry {
     agents: BTreeMap<String, Entry>,
     max_agents: usize,
+    /// Sum of [`AgentInfo::stored_bytes`] over all agents.
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl Default for AgentRegistry {
@@ -247,7 +284,12 @@ impl AgentRegistry {
 
     /// A registry holding at most `max_agents` (at least one).
     pub fn with_max_agents(max_agents: usize) -> Self {
-        AgentRegistry { agents: BTreeMap::new(), max_agents: max_agents.max(1) }
+        Self::with_limits(max_agents, DEFAULT_MAX_TOTAL_BYTES)
+    }
+
+    /// At most `max_agents` (at least one), and `max_bytes` all together.
+    pub fn with_limits(max_agents: usize, max_bytes: usize) -> Self {
+        AgentRegistry { agents: BTreeMap::new(), max_agents: max_agents.max(1), bytes: 0, max_bytes }
     }
 
     pub fn len(&self) -> usize {
@@ -262,31 +304,49 @@ impl AgentRegistry {
     /// told us before and counts as a heartbeat. `registered_at` stays the
     /// time we first saw the agent (the original reset it on every POST,
     /// which made it useless).
-    pub fn upsert(&mut self, info: AgentInfo, now: SystemTime) {
-        if let Some(entry) = self.agents.get_mut(&info.agent_id) {
-            entry.info = info;
-            entry.last_heartbeat = now;
-            return;
+    pub fn upsert(&mut self, info: AgentInfo, now: SystemTime) -> Result<(), TooLarge> {
+        let size = info.stored_bytes();
+        if size > MAX_AGENT_BYTES {
+            return Err(TooLarge(size));
         }
-        self.insert_new(info, now);
+        let registered_at = self.remove_entry(&info.agent_id).map_or(now, |e| e.registered_at);
+        self.insert(info, registered_at, now);
+        Ok(())
     }
 
     /// `POST /api/hub/heartbeat`: creates an unknown agent, otherwise
     /// refreshes it and overwrites only the fields the heartbeat carries.
-    pub fn heartbeat(&mut self, hb: Heartbeat, now: SystemTime) {
-        if let Some(entry) = self.agents.get_mut(&hb.agent_id) {
-            hb.apply_to(&mut entry.info);
-            entry.last_heartbeat = now;
-            return;
+    pub fn heartbeat(&mut self, hb: Heartbeat, now: SystemTime) -> Result<(), TooLarge> {
+        let (info, registered_at) = match self.agents.get(&hb.agent_id) {
+            Some(entry) => {
+                let mut info = entry.info.clone();
+                hb.apply_to(&mut info);
+                (info, entry.registered_at)
+            }
+            None => (hb.into_new_agent(), now),
+        };
+        let size = info.stored_bytes();
+        if size > MAX_AGENT_BYTES {
+            return Err(TooLarge(size));
         }
-        self.insert_new(hb.into_new_agent(), now);
+        self.remove_entry(&info.agent_id);
+        self.insert(info, registered_at, now);
+        Ok(())
     }
 
-    fn insert_new(&mut self, info: AgentInfo, now: SystemTime) {
-        if self.agents.len() >= self.max_agents {
+    fn insert(&mut self, info: AgentInfo, registered_at: SystemTime, now: SystemTime) {
+        let size = info.stored_bytes();
+        while !self.agents.is_empty() && (self.agents.len() >= self.max_agents || self.bytes + size > self.max_bytes) {
             self.evict_least_recently_heard();
         }
-        self.agents.insert(info.agent_id.clone(), Entry { info, registered_at: now, last_heartbeat: now });
+        self.bytes += size;
+        self.agents.insert(info.agent_id.clone(), Entry { info, registered_at, last_heartbeat: now });
+    }
+
+    fn remove_entry(&mut self, agent_id: &str) -> Option<Entry> {
+        let entry = self.agents.remove(agent_id)?;
+        self.bytes -= entry.info.stored_bytes();
+        Some(entry)
     }
 
     /// Makes room by forgetting the agent silent for longest: it is the one
@@ -295,7 +355,7 @@ impl AgentRegistry {
     fn evict_least_recently_heard(&mut self) {
         let oldest = self.agents.iter().min_by_key(|(_, e)| e.last_heartbeat).map(|(id, _)| id.clone());
         if let Some(id) = oldest {
-            self.agents.remove(&id);
+            self.remove_entry(&id);
         }
     }
 
@@ -309,7 +369,7 @@ impl AgentRegistry {
     }
 
     pub fn remove(&mut self, agent_id: &str) -> bool {
-        self.agents.remove(agent_id).is_some()
+        self.remove_entry(agent_id).is_some()
     }
 
     /// One `active` agent advertising `skill`: the one heard from most
@@ -436,7 +496,7 @@ mod tests {
     #[test]
     fn record_flattens_info_and_adds_health_and_timestamps() {
         let mut reg = AgentRegistry::new();
-        reg.upsert(agent("a1", &["search"], "agent-abc123"), at(0));
+        reg.upsert(agent("a1", &["search"], "agent-abc123"), at(0)).unwrap();
         let rec = reg.get("a1", at(1)).unwrap();
         let v = serde_json::to_value(&rec).unwrap();
         assert_eq!(v["agent_id"], "a1");
@@ -480,10 +540,10 @@ mod tests {
     #[test]
     fn health_is_computed_on_read_and_refreshed_by_heartbeat() {
         let mut reg = AgentRegistry::new();
-        reg.upsert(agent("a1", &[], ""), at(0));
+        reg.upsert(agent("a1", &[], ""), at(0)).unwrap();
         assert_eq!(reg.get("a1", at(100)).unwrap().health, Health::Stale);
         assert_eq!(reg.get("a1", at(300)).unwrap().health, Health::Offline);
-        reg.heartbeat(hb(json!({"agent_id": "a1"})), at(300));
+        reg.heartbeat(hb(json!({"agent_id": "a1"})), at(300)).unwrap();
         let rec = reg.get("a1", at(300)).unwrap();
         assert_eq!(rec.health, Health::Active);
         assert_eq!(rec.last_heartbeat, rfc3339(at(300)));
@@ -493,8 +553,8 @@ mod tests {
     #[test]
     fn upsert_replaces_info_but_keeps_registration_time() {
         let mut reg = AgentRegistry::new();
-        reg.upsert(agent("a1", &["x"], "p1"), at(0));
-        reg.upsert(agent("a1", &["y"], ""), at(10));
+        reg.upsert(agent("a1", &["x"], "p1"), at(0)).unwrap();
+        reg.upsert(agent("a1", &["y"], ""), at(10)).unwrap();
         let rec = reg.get("a1", at(10)).unwrap();
         assert_eq!(rec.info.capabilities.skills, ["y"]);
         assert_eq!(rec.info.sidecar_peer_id, "");
@@ -506,7 +566,7 @@ mod tests {
     #[test]
     fn first_heartbeat_creates_agent_with_spec_defaults() {
         let mut reg = AgentRegistry::new();
-        reg.heartbeat(hb(json!({"agent_id": "a1"})), at(0));
+        reg.heartbeat(hb(json!({"agent_id": "a1"})), at(0)).unwrap();
         let rec = reg.get("a1", at(0)).unwrap();
         assert_eq!(rec.info, AgentInfo::new("a1", ""));
         assert_eq!(rec.health, Health::Active);
@@ -519,7 +579,8 @@ mod tests {
                 "skill_names": ["search", "chat"]
             })),
             at(0),
-        );
+        )
+        .unwrap();
         let a = reg.get("a2", at(0)).unwrap().info;
         assert_eq!(a.hostname, "h2");
         assert_eq!(a.ip, "10.0.0.2");
@@ -543,12 +604,13 @@ mod tests {
         full.mode = "auto".into();
         full.capabilities.goals_count = 4;
         full.capabilities.mcp_servers = vec!["fs".into()];
-        reg.upsert(full.clone(), at(0));
+        reg.upsert(full.clone(), at(0)).unwrap();
 
-        reg.heartbeat(hb(json!({"agent_id": "a1"})), at(5));
+        reg.heartbeat(hb(json!({"agent_id": "a1"})), at(5)).unwrap();
         assert_eq!(reg.get("a1", at(5)).unwrap().info, full);
 
-        reg.heartbeat(hb(json!({"agent_id": "a1", "status": "busy", "skill_names": ["chat"], "port": 7})), at(6));
+        reg.heartbeat(hb(json!({"agent_id": "a1", "status": "busy", "skill_names": ["chat"], "port": 7})), at(6))
+            .unwrap();
         let a = reg.get("a1", at(6)).unwrap().info;
         assert_eq!(a.status, "busy");
         assert_eq!(a.capabilities.skills, ["chat"]);
@@ -566,21 +628,22 @@ mod tests {
         let mut reg = AgentRegistry::new();
         let mut full = agent("a1", &["search"], "agent-000001");
         full.ip = "10.0.0.1".into();
-        reg.upsert(full, at(0));
-        reg.heartbeat(hb(json!({"agent_id": "a1", "ip": "", "skill_names": [], "sidecar_peer_id": ""})), at(1));
+        reg.upsert(full, at(0)).unwrap();
+        reg.heartbeat(hb(json!({"agent_id": "a1", "ip": "", "skill_names": [], "sidecar_peer_id": ""})), at(1))
+            .unwrap();
         let a = reg.get("a1", at(1)).unwrap().info;
         assert_eq!(a.ip, "");
         assert!(a.capabilities.skills.is_empty());
         assert_eq!(a.sidecar_peer_id, "agent-000001");
-        reg.heartbeat(hb(json!({"agent_id": "a1", "sidecar_peer_id": "agent-000009"})), at(2));
+        reg.heartbeat(hb(json!({"agent_id": "a1", "sidecar_peer_id": "agent-000009"})), at(2)).unwrap();
         assert_eq!(reg.get("a1", at(2)).unwrap().info.sidecar_peer_id, "agent-000009");
     }
 
     #[test]
     fn heartbeat_null_counts_as_absent() {
         let mut reg = AgentRegistry::new();
-        reg.upsert(agent("a1", &["s"], "p"), at(0));
-        reg.heartbeat(hb(json!({"agent_id": "a1", "hostname": null, "skill_names": null})), at(1));
+        reg.upsert(agent("a1", &["s"], "p"), at(0)).unwrap();
+        reg.heartbeat(hb(json!({"agent_id": "a1", "hostname": null, "skill_names": null})), at(1)).unwrap();
         let a = reg.get("a1", at(1)).unwrap().info;
         assert_eq!(a.hostname, "host");
         assert_eq!(a.capabilities.skills, ["s"]);
@@ -609,7 +672,7 @@ mod tests {
     fn list_is_sorted_by_agent_id() {
         let mut reg = AgentRegistry::new();
         for id in ["c", "a", "b"] {
-            reg.upsert(agent(id, &[], ""), at(0));
+            reg.upsert(agent(id, &[], ""), at(0)).unwrap();
         }
         let ids: Vec<_> = reg.list(at(0)).into_iter().map(|r| r.info.agent_id).collect();
         assert_eq!(ids, ["a", "b", "c"]);
@@ -619,7 +682,7 @@ mod tests {
     fn get_and_remove() {
         let mut reg = AgentRegistry::new();
         assert!(reg.is_empty());
-        reg.upsert(agent("a1", &[], ""), at(0));
+        reg.upsert(agent("a1", &[], ""), at(0)).unwrap();
         assert!(reg.get("a2", at(0)).is_none());
         assert!(!reg.remove("a2"));
         assert!(reg.remove("a1"));
@@ -632,9 +695,9 @@ mod tests {
     fn route_picks_an_active_agent_with_the_skill() {
         let mut reg = AgentRegistry::new();
         assert!(reg.route("search", at(0)).is_none());
-        reg.upsert(agent("old", &["search"], ""), at(0));
-        reg.upsert(agent("chat", &["chat"], ""), at(200));
-        reg.upsert(agent("fresh", &["search", "x"], ""), at(150));
+        reg.upsert(agent("old", &["search"], ""), at(0)).unwrap();
+        reg.upsert(agent("chat", &["chat"], ""), at(200)).unwrap();
+        reg.upsert(agent("fresh", &["search", "x"], ""), at(150)).unwrap();
         // "old" is stale by now; "fresh" is the only active one with the skill.
         assert_eq!(reg.route("search", at(200)).unwrap().info.agent_id, "fresh");
         assert_eq!(reg.route("chat", at(200)).unwrap().health, Health::Active);
@@ -648,20 +711,20 @@ mod tests {
     #[test]
     fn route_prefers_freshest_then_smallest_id() {
         let mut reg = AgentRegistry::new();
-        reg.upsert(agent("b", &["s"], ""), at(10));
-        reg.upsert(agent("c", &["s"], ""), at(10));
-        reg.upsert(agent("a", &["s"], ""), at(5));
+        reg.upsert(agent("b", &["s"], ""), at(10)).unwrap();
+        reg.upsert(agent("c", &["s"], ""), at(10)).unwrap();
+        reg.upsert(agent("a", &["s"], ""), at(5)).unwrap();
         assert_eq!(reg.route("s", at(20)).unwrap().info.agent_id, "b");
-        reg.heartbeat(hb(json!({"agent_id": "a"})), at(11));
+        reg.heartbeat(hb(json!({"agent_id": "a"})), at(11)).unwrap();
         assert_eq!(reg.route("s", at(20)).unwrap().info.agent_id, "a");
     }
 
     #[test]
     fn heartbeat_skill_names_drive_routing() {
         let mut reg = AgentRegistry::new();
-        reg.heartbeat(hb(json!({"agent_id": "a", "skill_names": ["s"]})), at(0));
+        reg.heartbeat(hb(json!({"agent_id": "a", "skill_names": ["s"]})), at(0)).unwrap();
         assert!(reg.route("s", at(0)).is_some());
-        reg.heartbeat(hb(json!({"agent_id": "a", "skill_names": ["t"]})), at(1));
+        reg.heartbeat(hb(json!({"agent_id": "a", "skill_names": ["t"]})), at(1)).unwrap();
         assert!(reg.route("s", at(1)).is_none());
         assert_eq!(reg.route("t", at(1)).unwrap().info.agent_id, "a");
     }
@@ -669,7 +732,7 @@ mod tests {
     #[test]
     fn skills_of_known_and_unknown() {
         let mut reg = AgentRegistry::new();
-        reg.upsert(agent("a", &["x", "y"], ""), at(0));
+        reg.upsert(agent("a", &["x", "y"], ""), at(0)).unwrap();
         assert_eq!(reg.skills_of("a"), ["x", "y"]);
         assert!(reg.skills_of("nobody").is_empty());
     }
@@ -677,10 +740,10 @@ mod tests {
     #[test]
     fn sidecar_peers_are_active_agents_with_a_sidecar() {
         let mut reg = AgentRegistry::new();
-        reg.upsert(agent("a", &[], "agent-00000a"), at(100));
-        reg.upsert(agent("b", &[], ""), at(100));
-        reg.upsert(agent("c", &[], "agent-00000c"), at(0));
-        reg.upsert(agent("d", &[], "agent-00000d"), at(100));
+        reg.upsert(agent("a", &[], "agent-00000a"), at(100)).unwrap();
+        reg.upsert(agent("b", &[], ""), at(100)).unwrap();
+        reg.upsert(agent("c", &[], "agent-00000c"), at(0)).unwrap();
+        reg.upsert(agent("d", &[], "agent-00000d"), at(100)).unwrap();
         assert_eq!(
             reg.sidecar_peers(at(100)),
             [("a".to_string(), "agent-00000a".to_string()), ("d".to_string(), "agent-00000d".to_string()),]
@@ -690,16 +753,16 @@ mod tests {
     #[test]
     fn table_is_bounded_and_evicts_the_longest_silent() {
         let mut reg = AgentRegistry::with_max_agents(3);
-        reg.upsert(agent("a", &[], ""), at(10));
-        reg.upsert(agent("b", &[], ""), at(5));
-        reg.upsert(agent("c", &[], ""), at(20));
+        reg.upsert(agent("a", &[], ""), at(10)).unwrap();
+        reg.upsert(agent("b", &[], ""), at(5)).unwrap();
+        reg.upsert(agent("c", &[], ""), at(20)).unwrap();
         // Updating a known agent never evicts.
-        reg.heartbeat(hb(json!({"agent_id": "a"})), at(30));
+        reg.heartbeat(hb(json!({"agent_id": "a"})), at(30)).unwrap();
         assert_eq!(reg.len(), 3);
-        reg.heartbeat(hb(json!({"agent_id": "d"})), at(31));
+        reg.heartbeat(hb(json!({"agent_id": "d"})), at(31)).unwrap();
         assert_eq!(reg.len(), 3);
         assert!(reg.get("b", at(31)).is_none());
-        reg.upsert(agent("e", &[], ""), at(32));
+        reg.upsert(agent("e", &[], ""), at(32)).unwrap();
         assert_eq!(reg.len(), 3);
         assert!(reg.get("c", at(32)).is_none());
         let ids: Vec<_> = reg.list(at(32)).into_iter().map(|r| r.info.agent_id).collect();
@@ -709,8 +772,8 @@ mod tests {
     #[test]
     fn zero_capacity_still_holds_one_agent() {
         let mut reg = AgentRegistry::with_max_agents(0);
-        reg.upsert(agent("a", &[], ""), at(0));
-        reg.upsert(agent("b", &[], ""), at(1));
+        reg.upsert(agent("a", &[], ""), at(0)).unwrap();
+        reg.upsert(agent("b", &[], ""), at(1)).unwrap();
         assert_eq!(reg.len(), 1);
         assert!(reg.get("b", at(1)).is_some());
     }
@@ -719,10 +782,53 @@ mod tests {
     fn default_bound_is_ten_thousand() {
         let mut reg = AgentRegistry::default();
         for i in 0..DEFAULT_MAX_AGENTS + 5 {
-            reg.heartbeat(Heartbeat { agent_id: format!("agent-{i:05}"), ..Heartbeat::default() }, at(i as u64));
+            reg.heartbeat(Heartbeat { agent_id: format!("agent-{i:05}"), ..Heartbeat::default() }, at(i as u64))
+                .unwrap();
         }
         assert_eq!(reg.len(), DEFAULT_MAX_AGENTS);
         assert!(reg.get("agent-00004", at(0)).is_none());
         assert!(reg.get("agent-00005", at(0)).is_some());
+    }
+
+    #[test]
+    fn records_over_the_size_bound_are_refused_and_change_nothing() {
+        let mut reg = AgentRegistry::default();
+        reg.upsert(agent("a1", &["search"], "p1"), at(0)).unwrap();
+        // 3,000 one-letter skills: about 9 KB of JSON, far more once parsed.
+        let many: Vec<String> = (0..3_000).map(|i| format!("{}", i % 10)).collect();
+        let mut big = agent("a1", &[], "p1");
+        big.capabilities.skills = many.clone();
+        assert!(matches!(reg.upsert(big, at(1)), Err(TooLarge(n)) if n > MAX_AGENT_BYTES));
+        let refused = Heartbeat { agent_id: "a1".into(), skill_names: Some(many), ..Heartbeat::default() };
+        assert!(reg.heartbeat(refused.clone(), at(2)).is_err());
+        let kept = reg.get("a1", at(2)).unwrap();
+        assert_eq!(kept.info.capabilities.skills, ["search"]);
+        assert_eq!(kept.last_heartbeat, rfc3339(at(0)));
+        // A new agent that is too large is not created either.
+        assert!(reg.heartbeat(Heartbeat { agent_id: "new".into(), ..refused }, at(3)).is_err());
+        assert!(reg.get("new", at(3)).is_none());
+    }
+
+    #[test]
+    fn all_records_together_are_bounded_least_recently_heard_first() {
+        let mut reg = AgentRegistry::with_limits(100, 4_000);
+        let skills: Vec<String> = (0..20).map(|i| format!("skill-{i}")).collect();
+        let refs: Vec<&str> = skills.iter().map(String::as_str).collect();
+        let size = agent("agent-0", &refs, "p").stored_bytes();
+        for i in 0..10u64 {
+            reg.upsert(agent(&format!("agent-{i}"), &refs, "p"), at(i)).unwrap();
+        }
+        let fit = 4_000 / size;
+        assert_eq!(reg.len(), fit);
+        assert!(reg.bytes <= 4_000);
+        assert!(reg.get("agent-9", at(9)).is_some());
+        assert!(reg.get(&format!("agent-{}", 9 - fit), at(9)).is_none());
+        // An update that keeps the size replaces the record in place.
+        reg.upsert(agent("agent-9", &refs, "p"), at(10)).unwrap();
+        assert_eq!(reg.len(), fit);
+        let recount: usize = reg.agents.values().map(|e| e.info.stored_bytes()).sum();
+        assert_eq!(reg.bytes, recount);
+        assert!(reg.remove("agent-9"));
+        assert_eq!(reg.bytes, recount - size);
     }
 }

@@ -5,6 +5,7 @@ use crate::core::hub::HubConfig;
 use crate::core::pairing::PairingLimits;
 use crate::core::ratelimit::Rate;
 use crate::core::relay::RelayConfig;
+use crate::core::tasks::Limits as TaskLimits;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ pub struct RegistryConfig {
     /// The registry's own TURN relay and the port it listens on (UDP and
     /// TCP); `None` when `RELAY_PORT` is 0.
     pub relay: Option<(RelayConfig, u16)>,
+    /// What the task hub may hold (`TASKS_MAX_BYTES` sets `max_bytes`).
+    pub task_limits: TaskLimits,
 }
 
 impl Default for RegistryConfig {
@@ -41,6 +44,7 @@ impl Default for RegistryConfig {
             pair_rate: Rate::per_window(5, Duration::from_secs(60)),
             pair_global_rate: Rate::per_window(60, Duration::from_secs(60)),
             relay: None,
+            task_limits: TaskLimits::default(),
         }
     }
 }

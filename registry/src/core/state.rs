@@ -69,6 +69,7 @@ impl RegistryState {
         rng: RandomSource,
         now: Now,
     ) -> Self {
+        let task_limits = config.task_limits;
         RegistryState {
             relay: config.relay.clone().map(|(c, port)| (Relay::new(c, now.mono), port)),
             hub: Hub::new(config.hub.clone(), now.mono),
@@ -80,7 +81,7 @@ impl RegistryState {
             keys,
             tokens,
             agents: AgentRegistry::new(),
-            tasks: TaskHub::new(task_seed),
+            tasks: TaskHub::with_limits(task_seed, task_limits),
             counters: Counters::default(),
             rng,
         }

@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
@@ -36,6 +37,68 @@ pub mod state {
 /// `error` of a task that outlived its `ttl` (compatible).
 pub const TTL_EXPIRED: &str = "TTL expired";
 pub const DEFAULT_TTL: u64 = 300;
+/// Longest `ttl` kept; a larger one is cut to this. Submission needs no
+/// credential, so a task must not be able to hold its place for ever.
+pub const MAX_TTL: u64 = 24 * 3600;
+
+/// A JSON value kept as the text it arrived as. A parsed [`Value`] of a
+/// 64 KiB array of small numbers takes over 1 MB; the text takes 64 KiB.
+#[derive(Clone)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    pub fn null() -> Self {
+        RawJson(RawValue::NULL.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl Default for RawJson {
+    fn default() -> Self {
+        RawJson::null()
+    }
+}
+
+impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Equal when the texts are: payloads are compared only in tests and
+/// after a round trip through a file, which keeps the text.
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<Value> for RawJson {
+    fn eq(&self, other: &Value) -> bool {
+        serde_json::from_str::<Value>(self.as_str()).is_ok_and(|v| &v == other)
+    }
+}
+
+impl From<Value> for RawJson {
+    fn from(v: Value) -> Self {
+        serde_json::value::to_raw_value(&v).map(RawJson).unwrap_or_default()
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(d).map(RawJson)
+    }
+}
 
 fn default_ttl() -> u64 {
     DEFAULT_TTL
@@ -51,7 +114,7 @@ pub struct TaskSubmission {
     #[serde(default)]
     pub source_agent_id: String,
     #[serde(default)]
-    pub payload: Value,
+    pub payload: RawJson,
     /// Seconds from submission until an unfinished task fails.
     #[serde(default = "default_ttl")]
     pub ttl: u64,
@@ -63,7 +126,7 @@ impl Default for TaskSubmission {
             skill: String::new(),
             target_agent_id: String::new(),
             source_agent_id: String::new(),
-            payload: Value::Null,
+            payload: RawJson::null(),
             ttl: DEFAULT_TTL,
         }
     }
@@ -95,7 +158,7 @@ pub struct Task {
     #[serde(default)]
     pub assigned_agent_id: String,
     #[serde(default)]
-    pub payload: Value,
+    pub payload: RawJson,
     pub state: String,
     #[serde(default)]
     pub result: String,
@@ -110,6 +173,22 @@ pub struct Task {
 impl Task {
     pub fn is_final(&self) -> bool {
         state::is_final(&self.state)
+    }
+
+    /// What the task costs to keep, counted against [`Limits::max_bytes`]:
+    /// its texts plus a fixed share for the record and the map entry.
+    fn stored_bytes(&self) -> usize {
+        const RECORD: usize = 256;
+        RECORD
+            + self.id.len()
+            + self.skill.len()
+            + self.target_agent_id.len()
+            + self.source_agent_id.len()
+            + self.assigned_agent_id.len()
+            + self.payload.as_str().len()
+            + self.state.len()
+            + self.result.len()
+            + self.error.len()
     }
 
     /// The moment the task expires: "age exceeds ttl" means `now > deadline`.
@@ -141,11 +220,19 @@ pub struct Limits {
     pub max_open: usize,
     pub max_finished: usize,
     pub finished_retention: Duration,
+    /// Bytes all tasks together may take ([`Task::stored_bytes`]); finished
+    /// tasks are forgotten, oldest first, to make room.
+    pub max_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_open: 10_000, max_finished: 1_000, finished_retention: Duration::from_secs(3600) }
+        Limits {
+            max_open: 10_000,
+            max_finished: 1_000,
+            finished_retention: Duration::from_secs(3600),
+            max_bytes: 8 << 20,
+        }
     }
 }
 
@@ -153,12 +240,15 @@ impl Default for Limits {
 pub enum SubmitError {
     /// [`Limits::max_open`] tasks are already waiting or running.
     Full,
+    /// Unfinished tasks already take [`Limits::max_bytes`].
+    NoRoom,
 }
 
 impl fmt::Display for SubmitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SubmitError::Full => f.write_str("too many open tasks"),
+            SubmitError::NoRoom => f.write_str("task store full"),
         }
     }
 }
@@ -170,6 +260,8 @@ pub enum UpdateError {
     NotFound,
     /// The task is `completed` or `failed` and cannot change any more.
     Final,
+    /// The new `result`/`error` do not fit in [`Limits::max_bytes`].
+    NoRoom,
 }
 
 impl fmt::Display for UpdateError {
@@ -178,6 +270,7 @@ impl fmt::Display for UpdateError {
         match self {
             UpdateError::NotFound => f.write_str("not found"),
             UpdateError::Final => f.write_str("task is final"),
+            UpdateError::NoRoom => f.write_str("task store full"),
         }
     }
 }
@@ -192,6 +285,8 @@ pub struct TaskHub {
     counter: u64,
     open: usize,
     finished: usize,
+    /// Sum of [`Task::stored_bytes`] over all tasks.
+    bytes: usize,
     /// Nothing time-driven can happen at or before this instant, which lets
     /// the many calls between deadlines skip the scan over all tasks.
     next_sweep: f64,
@@ -214,6 +309,7 @@ impl TaskHub {
             counter: 0,
             open: 0,
             finished: 0,
+            bytes: 0,
             next_sweep: f64::INFINITY,
             revision: 0,
         }
@@ -255,8 +351,12 @@ impl TaskHub {
             error: String::new(),
             created_at: now,
             updated_at: now,
-            ttl: sub.ttl,
+            ttl: sub.ttl.min(MAX_TTL),
         };
+        if !self.make_room(task.stored_bytes()) {
+            return Err(SubmitError::NoRoom);
+        }
+        self.bytes += task.stored_bytes();
         self.next_sweep = self.next_sweep.min(task.deadline());
         self.tasks.insert(id.clone(), task);
         self.open += 1;
@@ -279,10 +379,21 @@ impl TaskHub {
     pub fn update(&mut self, id: &str, upd: TaskUpdate, now: SystemTime) -> Result<(), UpdateError> {
         let now = epoch_seconds(now);
         self.sweep(now);
-        let task = self.tasks.get_mut(id).ok_or(UpdateError::NotFound)?;
+        let task = self.tasks.get(id).ok_or(UpdateError::NotFound)?;
         if task.is_final() {
             return Err(UpdateError::Final);
         }
+        let old = task.stored_bytes();
+        let replaced = |new: &str, current: &str| if new.is_empty() { current.len() } else { new.len() };
+        let new = old - task.state.len() - task.result.len() - task.error.len()
+            + upd.state.len()
+            + replaced(&upd.result, &task.result)
+            + replaced(&upd.error, &task.error);
+        if new > old && !self.make_room(new - old) {
+            return Err(UpdateError::NoRoom);
+        }
+        self.bytes = self.bytes + new - old;
+        let task = self.tasks.get_mut(id).ok_or(UpdateError::NotFound)?;
         task.state = upd.state;
         if !upd.result.is_empty() {
             task.result = upd.result;
@@ -337,28 +448,61 @@ impl TaskHub {
     /// Replaces the content with `tasks` (e.g. a snapshot read back from
     /// disk) and applies expiry and the bounds as of `now`. Of duplicate
     /// ids the last wins. Returns how many unfinished tasks were dropped
-    /// because they exceeded [`Limits::max_open`] (the newest go, since the
-    /// oldest were accepted first).
+    /// because they exceeded [`Limits::max_open`] or, with every finished
+    /// task gone, [`Limits::max_bytes`] (the newest go, since the oldest
+    /// were accepted first).
     pub fn restore(&mut self, tasks: Vec<Task>, now: SystemTime) -> usize {
-        self.tasks = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
+        self.tasks = tasks
+            .into_iter()
+            .map(|mut t| {
+                t.ttl = t.ttl.min(MAX_TTL);
+                (t.id.clone(), t)
+            })
+            .collect();
         self.revision += 1;
         // Expire first, so that tasks that are over anyway do not take the
-        // place of live ones under the bound.
+        // place of live ones under the bounds.
         self.next_sweep = f64::NEG_INFINITY;
         self.sweep(epoch_seconds(now));
-        if self.open <= self.limits.max_open {
+        if self.open <= self.limits.max_open && self.make_room(0) {
             return 0;
         }
         let mut open: Vec<(f64, String)> =
             self.tasks.values().filter(|t| !t.is_final()).map(|t| (t.created_at, t.id.clone())).collect();
         open.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        // Newest first: the oldest were accepted first.
         let mut dropped = 0;
-        for (_, id) in open.drain(self.limits.max_open..) {
-            self.tasks.remove(&id);
+        while self.open - dropped > self.limits.max_open || self.bytes > self.limits.max_bytes {
+            let Some((_, id)) = open.pop() else { break };
+            if let Some(t) = self.tasks.remove(&id) {
+                self.bytes -= t.stored_bytes();
+            }
             dropped += 1;
         }
         self.open -= dropped;
         dropped
+    }
+
+    /// Forgets finished tasks, earliest finished first, until `need` more
+    /// bytes fit under [`Limits::max_bytes`]; `false` if they cannot.
+    fn make_room(&mut self, need: usize) -> bool {
+        if self.bytes + need <= self.limits.max_bytes {
+            return true;
+        }
+        let mut finished: Vec<(f64, String)> =
+            self.tasks.values().filter(|t| t.is_final()).map(|t| (t.updated_at, t.id.clone())).collect();
+        finished.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        for (_, id) in finished {
+            if self.bytes + need <= self.limits.max_bytes {
+                break;
+            }
+            if let Some(t) = self.tasks.remove(&id) {
+                self.bytes -= t.stored_bytes();
+                self.finished -= 1;
+                self.revision += 1;
+            }
+        }
+        self.bytes + need <= self.limits.max_bytes
     }
 
     /// Applies what time has made due: fails expired tasks, forgets finished
@@ -384,6 +528,7 @@ impl TaskHub {
         changed |= self.tasks.len() != before;
         self.finished = self.tasks.values().filter(|t| t.is_final()).count();
         self.open = self.tasks.len() - self.finished;
+        self.bytes = self.tasks.values().map(Task::stored_bytes).sum();
         changed |= self.trim_finished();
         self.next_sweep = self
             .tasks
@@ -405,7 +550,9 @@ impl TaskHub {
         finished.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         let excess = finished.len().saturating_sub(self.limits.max_finished);
         for (_, id) in finished.iter().take(excess) {
-            self.tasks.remove(id);
+            if let Some(t) = self.tasks.remove(id) {
+                self.bytes -= t.stored_bytes();
+            }
         }
         self.finished -= excess;
         excess > 0
@@ -517,7 +664,7 @@ mod tests {
         let mut hub = TaskHub::new(7);
         let mut s = sub("search", "a1");
         s.source_agent_id = "src".into();
-        s.payload = json!({"q": "x"});
+        s.payload = json!({"q": "x"}).into();
         s.ttl = 60;
         let id = hub.submit(s, at_ms(1500)).unwrap();
         let t = hub.get(&id, at(2)).unwrap();
@@ -772,6 +919,59 @@ mod tests {
         let left: HashSet<String> = hub.all(at(20)).into_iter().map(|t| t.id).collect();
         let want: HashSet<String> = [&ids[3], &ids[1], &ids[2]].into_iter().cloned().collect();
         assert_eq!(left, want);
+    }
+
+    fn with_payload(bytes: usize) -> TaskSubmission {
+        TaskSubmission { skill: "s".into(), payload: json!("x".repeat(bytes)).into(), ..TaskSubmission::default() }
+    }
+
+    #[test]
+    fn stored_bytes_are_bounded_and_finished_tasks_make_room_first() {
+        let limits = Limits { max_bytes: 21_000, ..Limits::default() };
+        let mut hub = TaskHub::with_limits(0, limits);
+        let ids: Vec<String> = (0..6).map(|i| hub.submit(with_payload(3_000), at(i)).unwrap()).collect();
+        assert_eq!(hub.submit(with_payload(3_000), at(6)), Err(SubmitError::NoRoom));
+        // A small one still fits.
+        let small = hub.submit(sub("s", ""), at(6)).unwrap();
+        // Finished tasks are forgotten, earliest finished first, to make room.
+        hub.update(&ids[3], upd("completed", "", ""), at(7)).unwrap();
+        hub.update(&ids[1], upd("completed", "", ""), at(8)).unwrap();
+        let fresh = hub.submit(with_payload(3_000), at(9)).unwrap();
+        let left: HashSet<String> = hub.all(at(9)).into_iter().map(|t| t.id).collect();
+        assert!(!left.contains(&ids[3]) && left.contains(&ids[1]) && left.contains(&fresh), "{left:?}");
+        // A result that does not fit is refused and the task stays as it was.
+        let huge = "r".repeat(30_000);
+        assert_eq!(hub.update(&small, upd("completed", &huge, ""), at(10)), Err(UpdateError::NoRoom));
+        assert_eq!(hub.get(&small, at(10)).unwrap().state, "pending");
+        // Once the finished one is gone, results may use its room.
+        hub.update(&small, upd("completed", &"r".repeat(2_500), ""), at(11)).unwrap();
+        assert!(hub.get(&ids[1], at(11)).is_none());
+        // The running count matches a recount.
+        let recount: usize = hub.snapshot().iter().map(Task::stored_bytes).sum();
+        assert_eq!(hub.bytes, recount);
+        assert!(hub.bytes <= 21_000);
+    }
+
+    #[test]
+    fn payloads_are_kept_as_their_text_and_ttl_is_capped() {
+        let mut hub = TaskHub::new(0);
+        let body = br#"{"skill":"s","ttl":18446744073709551615,"payload":[0,0,0,{"a":[1]}]}"#;
+        let sub: TaskSubmission = serde_json::from_slice(body).unwrap();
+        let id = hub.submit(sub, at(0)).unwrap();
+        let task = hub.get(&id, at(0)).unwrap();
+        assert_eq!(task.ttl, MAX_TTL);
+        assert_eq!(task.payload.as_str(), r#"[0,0,0,{"a":[1]}]"#);
+        assert_eq!(serde_json::to_value(&task).unwrap()["payload"], json!([0, 0, 0, {"a": [1]}]));
+    }
+
+    #[test]
+    fn restore_drops_the_newest_open_tasks_beyond_the_byte_bound() {
+        let mut old = TaskHub::new(1);
+        let submitted: Vec<String> = (0..5).map(|i| old.submit(with_payload(3_000), at(i)).unwrap()).collect();
+        let limits = Limits { max_bytes: 10_000, ..Limits::default() };
+        let mut hub = TaskHub::with_limits(2, limits);
+        assert_eq!(hub.restore(old.snapshot(), at(10)), 2);
+        assert_eq!(ids(&hub.snapshot()), submitted[..3]);
     }
 
     #[test]

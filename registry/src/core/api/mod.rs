@@ -30,8 +30,16 @@ use serde_json::json;
 pub(in crate::core) fn handle_http(state: &mut RegistryState, req: &ApiRequest, now: Now) -> ApiResponse {
     let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     let admin_route = auth::is_admin_route(req.method, &segments);
-    let mut resp =
-        if req.method == "OPTIONS" { cors::preflight() } else { route(state, req, &segments, admin_route, now) };
+    let allowed = state.config.cors_origins.as_deref();
+    let has_credential = req.api_key.is_some() || req.device_token.is_some() || req.authorization.is_some();
+    let mut resp = if req.method == "OPTIONS" {
+        cors::preflight()
+    } else if cors::refuses_write(req.method, allowed, req.origin, req.host, has_credential) {
+        let error = "writes from another web origin need a credential or the origin listed in CORS_ORIGINS";
+        ApiResponse::json(403, &json!({ "error": error }))
+    } else {
+        route(state, req, &segments, admin_route, now)
+    };
     cors::allow_origin(&mut resp, state.config.cors_origins.as_deref(), req.origin, admin_route);
     resp
 }
@@ -68,10 +76,12 @@ fn route(state: &mut RegistryState, req: &ApiRequest, seg: &[&str], admin_route:
             ApiResponse::ok(config)
         }
         ("POST", ["api", "token"]) => auth::issue_token(state, req, now),
-        ("POST", ["api", "registry", "agents"]) => req.with_body(|info: AgentInfo| {
-            state.agents.upsert(info, now.wall);
-            ApiResponse::ok(json!({"status": "ok"}))
-        }),
+        ("POST", ["api", "registry", "agents"]) => {
+            req.with_body(|info: AgentInfo| match state.agents.upsert(info, now.wall) {
+                Ok(()) => ApiResponse::ok(json!({"status": "ok"})),
+                Err(e) => ApiResponse::json(413, &json!({"error": e.to_string()})),
+            })
+        }
         ("GET", ["api", "registry", "agents"]) => ApiResponse::ok(json!(state.agents.list(now.wall))),
         ("GET", ["api", "registry", "route"]) => {
             let skill = query_param(req.query, "skill").unwrap_or_default();
@@ -107,11 +117,14 @@ fn route(state: &mut RegistryState, req: &ApiRequest, seg: &[&str], admin_route:
                 Ok(()) => ApiResponse::ok(json!({"status": "ok"})),
                 Err(UpdateError::NotFound) => ApiResponse::not_found_body(),
                 Err(UpdateError::Final) => ApiResponse::ok(json!({"error": "task is final"})),
+                Err(e @ UpdateError::NoRoom) => ApiResponse::json(503, &json!({"error": e.to_string()})),
             })
         }
         ("POST", ["api", "hub", "heartbeat"]) => req.with_body(|hb: Heartbeat| {
             let agent_id = hb.agent_id.clone();
-            state.agents.heartbeat(hb, now.wall);
+            if let Err(e) = state.agents.heartbeat(hb, now.wall) {
+                return ApiResponse::json(413, &json!({"error": e.to_string()}));
+            }
             let skills = state.agents.skills_of(&agent_id);
             let pending = state.tasks.claim(&agent_id, &skills, now.wall);
             ApiResponse::ok(json!({"status": "ok", "pending_tasks": pending}))
