@@ -109,6 +109,9 @@ pub mod error_codes {
     /// A message kept for a peer whose link was re-forming waited longer
     /// than the outbox allows (new).
     pub const EXPIRED: &str = "expired";
+    /// Sent to a connection refused because `IPC_MAX_AGENTS` agents are
+    /// attached already; the sidecar then closes it (new).
+    pub const TOO_MANY_AGENTS: &str = "too_many_agents";
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -65,6 +65,7 @@ const SETTINGS: &[Setting] = &[
         "bytes kept per peer while its link is re-forming (then backpressure errors)",
     ),
     Setting::value("OUTBOX_TTL", Some("30"), "seconds a message may wait for a re-forming link (then expired)"),
+    Setting::value("IPC_MAX_AGENTS", Some("8"), "agents attached to the IPC socket at once; more are refused"),
     Setting::value("RUST_LOG", Some("info"), "log filter (error, warn, info, debug, trace; per module)"),
     Setting::switch("CHATIXIA_DEV", "use the development key ak_dev_001 when no credential is set").with_flag("--dev"),
 ];
@@ -287,7 +288,10 @@ fn configure(settings: &Settings) -> Result<ShellConfig, String> {
         host_addresses,
         stun_servers,
         mesh: MeshConfig { link, relay_only, outbox, ..MeshConfig::default() },
-        ipc: IpcConfig::default(),
+        ipc: IpcConfig {
+            max_agents: settings.parse::<usize>("IPC_MAX_AGENTS")?.unwrap_or(IpcConfig::default().max_agents).max(1),
+            ..IpcConfig::default()
+        },
         signaling: SignalingConfig {
             token_url: token_url.to_owned(),
             signaling_url: signaling_url.to_owned(),

@@ -231,3 +231,32 @@ fn a_signaling_url_with_a_query_string_works() {
     alpha.proc.wait_for_line("connected to the registry as alpha");
     bravo.agent().wait_peer_event("peer_connected", "alpha");
 }
+
+/// Agents attached at once are bounded (`IPC_MAX_AGENTS`): one more gets an
+/// `error` `too_many_agents` and is closed, the attached ones are not
+/// disturbed, and a place freed by a leaving agent can be taken again.
+#[test]
+fn agents_beyond_the_limit_are_refused_and_others_keep_working() {
+    use std::io::Read;
+    let dir = Scratch::new("sc-max-agents");
+    let reg = Registry::start_default(dir.path());
+    let alpha = Sidecar::start_with(reg.port, dir.path(), "key-alpha", "alpha", &[("IPC_MAX_AGENTS", "2")]);
+    let first = Agent::attach(&alpha.socket);
+    let mut second = Agent::attach(&alpha.socket);
+    for _ in 0..3 {
+        let mut extra = std::os::unix::net::UnixStream::connect(&alpha.socket).expect("connect");
+        extra.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut text = String::new();
+        // Read to the end: the sidecar closes the refused connection.
+        extra.read_to_string(&mut text).expect("refusal and close");
+        let refusal: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+        assert_eq!((&refusal["type"], &refusal["payload"]["code"]), (&json!("error"), &json!("too_many_agents")));
+    }
+    alpha.proc.wait_for_line("IPC connection refused: too many agents attached (1 refused so far)");
+    alpha.proc.wait_for_line("connected to the registry as alpha");
+    assert_eq!(second.status()["peer_id"], "alpha");
+    drop(first);
+    alpha.proc.wait_for_line("agent 1 detached");
+    let mut third = Agent::attach(&alpha.socket);
+    assert_eq!(third.list_peers(), Vec::<String>::new());
+}

@@ -16,6 +16,7 @@ pub type AgentId = u64;
 /// Limits of docs/PROTOCOL.md "IPC".
 pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
 pub const DEFAULT_BACKLOG_EVENTS: usize = 1024;
+pub const DEFAULT_MAX_AGENTS: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpcConfig {
@@ -28,6 +29,9 @@ pub struct IpcConfig {
     /// Bytes waiting for one agent. An agent that lets this much pile up is
     /// not reading; it is disconnected rather than slowing the mesh down.
     pub agent_queue_bytes: usize,
+    /// Agents attached at once. Each may hold `agent_queue_bytes`, so this
+    /// bounds what agents that do not read can cost together.
+    pub max_agents: usize,
 }
 
 impl Default for IpcConfig {
@@ -36,7 +40,8 @@ impl Default for IpcConfig {
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             backlog_events: DEFAULT_BACKLOG_EVENTS,
             backlog_bytes: 8 << 20,
-            agent_queue_bytes: 8 << 20,
+            agent_queue_bytes: 4 << 20,
+            max_agents: DEFAULT_MAX_AGENTS,
         }
     }
 }
@@ -139,6 +144,22 @@ impl AgentHub {
 
     pub fn agent_count(&self) -> usize {
         self.agents.len()
+    }
+
+    /// Whether another agent would exceed [`IpcConfig::max_agents`]; the
+    /// shell then sends [`AgentHub::refusal`] and closes the connection.
+    pub fn is_full(&self) -> bool {
+        self.agents.len() >= self.config.max_agents.max(1)
+    }
+
+    /// The line a connection refused by [`AgentHub::is_full`] gets.
+    pub fn refusal(&self) -> String {
+        Event::Error(ErrorEvent {
+            code: error_codes::TOO_MANY_AGENTS.into(),
+            message: Some(format!("{} agents are attached already; try again later", self.agents.len())),
+            ..Default::default()
+        })
+        .to_line()
     }
 
     /// A new agent. It first gets `events_dropped` if the backlog
@@ -362,6 +383,21 @@ mod tests {
         hub.deliver(None, &connected("p5"));
         let b = hub.attach();
         assert_eq!(drain(&mut hub, b), [json!({"type":"peer_connected","payload":{"peer_id":"p5"}})]);
+    }
+
+    #[test]
+    fn attached_agents_are_bounded() {
+        let mut hub = AgentHub::new(IpcConfig { max_agents: 2, ..IpcConfig::default() });
+        let a = hub.attach();
+        assert!(!hub.is_full());
+        hub.attach();
+        assert!(hub.is_full());
+        let refusal: serde_json::Value = serde_json::from_str(&hub.refusal()).unwrap();
+        assert_eq!(refusal["payload"]["code"], "too_many_agents");
+        assert!(refusal["payload"]["message"].as_str().is_some_and(|m| m.starts_with("2 agents")), "{refusal}");
+        hub.detach(a);
+        assert!(!hub.is_full());
+        assert_eq!(IpcConfig::default().max_agents * IpcConfig::default().agent_queue_bytes, 32 << 20);
     }
 
     #[test]

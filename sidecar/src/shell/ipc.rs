@@ -58,8 +58,28 @@ pub async fn serve(
     hub: Rc<RefCell<AgentHub>>,
     commands: async_channel::Sender<(AgentId, Command)>,
 ) {
+    let mut refused = 0u64;
     loop {
         match listener.accept().await {
+            Ok((stream, _)) if hub.borrow().is_full() => {
+                refused += 1;
+                // One line per burst of refusals, not one per connection.
+                if refused == 1 || refused.is_power_of_two() {
+                    log::warn!("IPC connection refused: too many agents attached ({refused} refused so far)");
+                }
+                let line = hub.borrow().refusal();
+                ex.spawn(async move {
+                    // The line fits any socket buffer; the timer only guards
+                    // against a kernel that says otherwise.
+                    let write = async { (&stream).write_all(line.as_bytes()).await.ok() };
+                    futures_lite::future::or(write, async {
+                        smol::Timer::after(std::time::Duration::from_secs(1)).await;
+                        None
+                    })
+                    .await;
+                })
+                .detach();
+            }
             Ok((stream, _)) => {
                 let id = hub.borrow_mut().attach();
                 log::info!("agent {id} attached");
