@@ -9,6 +9,8 @@
 //! goodbye for a while, but nothing it reports afterwards can touch the
 //! peer's current connection (docs/PROTOCOL.md §5.5).
 
+use crate::core::log_budget::LogBudget;
+use crate::core::offer_limit::OfferLimit;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -184,6 +186,10 @@ pub struct Mesh {
     outputs: VecDeque<MeshOutput>,
     rng: u64,
     last_now: Instant,
+    /// Warnings that peers or the registry can trigger with bad input.
+    noisy: LogBudget,
+    /// Offers answered per peer.
+    offers: OfferLimit,
     shutting_down: bool,
 }
 
@@ -206,6 +212,8 @@ impl Mesh {
             outputs: VecDeque::new(),
             rng,
             last_now: now,
+            noisy: LogBudget::new(),
+            offers: OfferLimit::new(),
             unpolled: false,
             shutting_down: false,
         }
@@ -390,7 +398,9 @@ impl Mesh {
         let env: Envelope = match serde_json::from_str(text) {
             Ok(env) => env,
             Err(e) => {
-                log::warn!("ignoring a signaling frame that is not an envelope: {e}");
+                if let Some(note) = self.noisy.allow(now) {
+                    log::warn!("ignoring a signaling frame that is not an envelope: {e}{note}");
+                }
                 return;
             }
         };
@@ -418,11 +428,19 @@ impl Mesh {
             }
             types::OFFER => match serde_json::from_value::<SdpPayload>(env.payload) {
                 Ok(p) => self.on_offer(&env.peer_id, &p.sdp, now),
-                Err(e) => log::warn!("ignoring malformed offer from {:?}: {e}", clip(&env.peer_id)),
+                Err(e) => {
+                    if let Some(note) = self.noisy.allow(now) {
+                        log::warn!("ignoring malformed offer from {:?}: {e}{note}", clip(&env.peer_id));
+                    }
+                }
             },
             types::ANSWER => match serde_json::from_value::<SdpPayload>(env.payload) {
                 Ok(p) => self.on_answer(&env.peer_id, &p.sdp, now),
-                Err(e) => log::warn!("ignoring malformed answer from {:?}: {e}", clip(&env.peer_id)),
+                Err(e) => {
+                    if let Some(note) = self.noisy.allow(now) {
+                        log::warn!("ignoring malformed answer from {:?}: {e}{note}", clip(&env.peer_id));
+                    }
+                }
             },
             types::ICE_CANDIDATE => match serde_json::from_value::<IceCandidatePayload>(env.payload) {
                 Ok(c) => self.on_candidate(&env.peer_id, &c, now),
@@ -598,6 +616,12 @@ impl Mesh {
         if self.shutting_down {
             return;
         }
+        if !self.offers.allow(peer, now) {
+            if let Some(note) = self.noisy.allow(now) {
+                log::warn!("ignoring an offer from {peer}: too many offers in a short time{note}");
+            }
+            return;
+        }
         // The registry relays only between authorized, connected peers, so
         // an offer means the peer is there, even when it joined after our
         // last `peer_list` (joins are not pushed).
@@ -626,7 +650,9 @@ impl Mesh {
         let (link, answer) = match PeerLink::new_answerer(sdp, self.host_candidates(), &self.config.link, now) {
             Ok(pair) => pair,
             Err(e) => {
-                log::warn!("cannot answer the offer of {peer}: {e}");
+                if let Some(note) = self.noisy.allow(now) {
+                    log::warn!("cannot answer the offer of {peer}: {e}{note}");
+                }
                 return;
             }
         };
@@ -646,7 +672,11 @@ impl Mesh {
         }
         match self.conns[idx].link.accept_answer(sdp, now) {
             Ok(()) => self.conns[idx].awaiting_answer = false,
-            Err(LinkError::InvalidSdp(e)) => log::warn!("ignoring an unusable answer from {peer}: {e}"),
+            Err(LinkError::InvalidSdp(e)) => {
+                if let Some(note) = self.noisy.allow(now) {
+                    log::warn!("ignoring an unusable answer from {peer}: {e}{note}");
+                }
+            }
             Err(e) => {
                 self.conns[idx].awaiting_answer = false;
                 log::warn!("answer from {peer} failed: {e}");
@@ -1119,7 +1149,10 @@ impl Mesh {
         let message: MeshMessage = match serde_json::from_str(text) {
             Ok(m) => m,
             Err(e) => {
-                log::warn!("dropping a {} byte message from {} that is not a mesh message: {e}", text.len(), conn.peer);
+                if let Some(note) = self.noisy.allow(self.last_now) {
+                    let (len, peer) = (text.len(), &conn.peer);
+                    log::warn!("dropping a {len} byte message from {peer} that is not a mesh message: {e}{note}");
+                }
                 return;
             }
         };
@@ -1368,6 +1401,39 @@ mod tests {
         w.connect("bravo");
         assert!(w.run_until(Duration::from_secs(5), |w| w.full_mesh(&["alpha", "bravo"])), "no link");
         w
+    }
+
+    /// A peer flooding offers gets five answers per ten seconds; each
+    /// answer costs a link and several signaling frames, which would
+    /// otherwise spend our own frame limit at the registry.
+    #[test]
+    fn a_flood_of_offers_from_one_peer_is_answered_only_a_few_times() {
+        let now = sim::start();
+        let mut mesh = Mesh::new(MeshConfig::default(), now);
+        mesh.set_local_candidates(vec![sim::node_addr(0, 0)]);
+        mesh.handle_registry_connected("alpha", now);
+        let (_link, sdp) = PeerLink::new_offerer(&[sim::node_addr(1, 0)], &LinkConfig::default(), now).unwrap();
+        let answers = |mesh: &mut Mesh| {
+            let mut n = 0;
+            while let Some(out) = mesh.poll_output() {
+                if let MeshOutput::Signal(env) = out
+                    && env.kind == types::ANSWER
+                {
+                    n += 1;
+                }
+            }
+            n
+        };
+        for i in 0..200u64 {
+            let frame = Envelope::new(types::OFFER, "mallory", Some("alpha"), json!({"sdp": sdp, "type": "offer"}));
+            mesh.handle_signal(&serde_json::to_string(&frame).unwrap(), now + Duration::from_millis(i));
+        }
+        assert_eq!(answers(&mut mesh), 5);
+        // Another peer is answered at once.
+        let later = now + Duration::from_millis(300);
+        let frame = Envelope::new(types::OFFER, "bravo", Some("alpha"), json!({"sdp": sdp, "type": "offer"}));
+        mesh.handle_signal(&serde_json::to_string(&frame).unwrap(), later);
+        assert_eq!(answers(&mut mesh), 1);
     }
 
     #[test]

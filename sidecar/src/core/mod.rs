@@ -10,11 +10,15 @@
 //! links are [`peer::PeerLink`]s (one str0m `Rtc` each), and the
 //! [`stun::Gatherer`]. [`ipc`] is the agents' side (who gets which event),
 //! [`urls`] and [`backoff`] are the pure parts of the registry client.
+//! [`offer_limit`] and [`log_budget`] keep what a hostile peer can cost
+//! (answers, log lines) bounded.
 
 pub mod backoff;
 pub mod ipc;
+pub mod log_budget;
 pub mod mesh;
 pub mod node;
+pub mod offer_limit;
 pub mod outbox;
 pub mod peer;
 #[cfg(test)]

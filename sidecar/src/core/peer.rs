@@ -23,6 +23,7 @@ use chatixia_protocol::signaling::IceCandidatePayload;
 use chatixia_settings::text::clip;
 
 use super::outbox::Origin;
+use crate::core::log_budget::one_line;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::config::DtlsCert;
@@ -450,7 +451,8 @@ impl PeerLink {
         if offer_sdp.len() > MAX_SDP_BYTES {
             return Err(LinkError::InvalidSdp(format!("{} bytes is too large", offer_sdp.len())));
         }
-        let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| LinkError::InvalidSdp(e.to_string()))?;
+        let offer =
+            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| LinkError::InvalidSdp(one_line(&e.to_string())))?;
         let facts = sdp_facts!(offer);
         let Some((mid, index)) = facts.data else {
             return Err(LinkError::InvalidSdp("no m=application section".into()));
@@ -488,7 +490,7 @@ impl PeerLink {
         if sdp.len() > MAX_SDP_BYTES {
             return Err(LinkError::InvalidSdp(format!("{} bytes is too large", sdp.len())));
         }
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| LinkError::InvalidSdp(e.to_string()))?;
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| LinkError::InvalidSdp(one_line(&e.to_string())))?;
         let facts = sdp_facts!(answer);
         if facts.data.is_none() {
             return Err(LinkError::InvalidSdp("no m=application section".into()));
