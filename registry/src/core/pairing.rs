@@ -119,8 +119,11 @@ impl fmt::Display for PairError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeError {
-    /// [`PairingLimits::max_live_codes`] codes are live.
+    /// [`PairingLimits::max_live_codes`] codes are live (for an agent: all
+    /// but [`ADMIN_RESERVE`] of them).
     Full,
+    /// The inviter, not an admin, holds [`AGENT_CODES`] live codes.
+    TooManyOwn,
     NoRandomness(String),
 }
 
@@ -128,6 +131,9 @@ impl fmt::Display for CodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CodeError::Full => f.write_str("too many live pairing codes; wait for some to be used or expire"),
+            CodeError::TooManyOwn => {
+                write!(f, "at most {AGENT_CODES} live pairing codes per inviter; wait for some to be used or expire")
+            }
             CodeError::NoRandomness(e) => write!(f, "no randomness available: {e}"),
         }
     }
@@ -137,6 +143,11 @@ impl fmt::Display for CodeError {
 /// from; the API answers both alike (compatible).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WrongState;
+
+/// Live codes one inviter without the admin role may hold.
+pub const AGENT_CODES: usize = 10;
+/// Live codes only admins may take.
+pub const ADMIN_RESERVE: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PairingLimits {
@@ -217,12 +228,30 @@ impl PairingStore {
     }
 
     /// `POST /api/pairing/generate-code`: a fresh 6-digit code, different
-    /// from every live one, valid for [`CODE_TTL_SECS`].
-    pub fn generate_code(&mut self, created_by: &str, now: SystemTime, rng: Random) -> Result<String, CodeError> {
+    /// from every live one, valid for [`CODE_TTL_SECS`]. An inviter that is
+    /// not an admin may hold [`AGENT_CODES`] live codes, and agents
+    /// together leave [`ADMIN_RESERVE`] of the bound to admins, so no agent
+    /// key can stop an admin from inviting.
+    pub fn generate_code(
+        &mut self,
+        created_by: &str,
+        admin: bool,
+        now: SystemTime,
+        rng: Random,
+    ) -> Result<String, CodeError> {
         let now = epoch_seconds(now);
         self.purge_codes(now);
         if self.codes.len() >= self.limits.max_live_codes {
             return Err(CodeError::Full);
+        }
+        if !admin {
+            let own = self.codes.values().filter(|c| c.created_by == created_by).count();
+            if own >= AGENT_CODES {
+                return Err(CodeError::TooManyOwn);
+            }
+            if self.codes.len() + ADMIN_RESERVE >= self.limits.max_live_codes {
+                return Err(CodeError::Full);
+            }
         }
         for _ in 0..MAX_DRAWS {
             let code = format!("{:06}", uniform_below(1_000_000, rng).map_err(CodeError::NoRandomness)?);
@@ -584,7 +613,7 @@ mod tests {
 
     /// A code, redeemed at `when`; returns the result.
     fn pair(s: &mut PairingStore, rng: &mut Counter, name: &str, when: f64) -> Paired {
-        let code = s.generate_code("inviter", at(when), &mut |b| rng.fill(b)).unwrap();
+        let code = s.generate_code("inviter", true, at(when), &mut |b| rng.fill(b)).unwrap();
         s.redeem(&code, name, at(when), &mut |b| rng.fill(b), &nobody).unwrap()
     }
 
@@ -592,7 +621,7 @@ mod tests {
     fn codes_are_six_digits_single_use_and_live_300_seconds() {
         let mut s = store();
         let mut rng = Counter(0);
-        let code = s.generate_code("ops", at(0.0), &mut |b| rng.fill(b)).unwrap();
+        let code = s.generate_code("ops", true, at(0.0), &mut |b| rng.fill(b)).unwrap();
         assert_eq!(code.len(), 6);
         assert!(code.bytes().all(|b| b.is_ascii_digit()), "{code}");
         assert_eq!(s.live_codes(at(299.9)), 1);
@@ -603,17 +632,44 @@ mod tests {
         let again = s.redeem(&code, "dev", at(299.0), &mut |b| rng.fill(b), &nobody);
         assert_eq!(again.unwrap_err(), PairError::InvalidCode, "single use");
 
-        let late = s.generate_code("ops", at(1000.0), &mut |b| rng.fill(b)).unwrap();
+        let late = s.generate_code("ops", true, at(1000.0), &mut |b| rng.fill(b)).unwrap();
         let r = s.redeem(&late, "dev", at(1300.0), &mut |b| rng.fill(b), &nobody);
         assert_eq!(r.unwrap_err(), PairError::InvalidCode, "expired at exactly 300 s");
         assert_eq!(s.live_codes(at(1300.0)), 0);
     }
 
     #[test]
+    fn agents_hold_few_codes_and_cannot_crowd_out_admins() {
+        let mut s = PairingStore::new(PairingLimits { max_live_codes: 130, ..PairingLimits::default() });
+        let mut rng = Counter(0);
+        let mut make =
+            |s: &mut PairingStore, who: &str, admin: bool| s.generate_code(who, admin, at(0.0), &mut |b| rng.fill(b));
+        for _ in 0..AGENT_CODES {
+            make(&mut s, "agent-a", false).unwrap();
+        }
+        assert_eq!(make(&mut s, "agent-a", false), Err(CodeError::TooManyOwn));
+        // Other agents fill what is not reserved for admins ...
+        make(&mut s, "agent-b", false).unwrap();
+        make(&mut s, "agent-c", false).unwrap();
+        assert_eq!(s.live_codes(at(0.0)), 12);
+        for _ in 0..18 {
+            let _ = make(&mut s, "agent-d", false);
+            let _ = make(&mut s, "agent-e", false);
+        }
+        assert_eq!(s.live_codes(at(0.0)), 130 - ADMIN_RESERVE);
+        assert_eq!(make(&mut s, "agent-f", false), Err(CodeError::Full));
+        // ... and an admin still gets codes, up to the bound.
+        for _ in 0..ADMIN_RESERVE {
+            make(&mut s, "ops", true).unwrap();
+        }
+        assert_eq!(make(&mut s, "ops", true), Err(CodeError::Full));
+    }
+
+    #[test]
     fn a_wall_clock_that_went_back_does_not_stretch_a_code() {
         let mut s = store();
         let mut rng = Counter(0);
-        let code = s.generate_code("ops", at(1000.0), &mut |b| rng.fill(b)).unwrap();
+        let code = s.generate_code("ops", true, at(1000.0), &mut |b| rng.fill(b)).unwrap();
         // An hour earlier by the clock: the code would otherwise live 3900 s.
         let r = s.redeem(&code, "dev", at(-2600.0), &mut |b| rng.fill(b), &nobody);
         assert_eq!(r.unwrap_err(), PairError::InvalidCode);
@@ -626,8 +682,8 @@ mod tests {
         // the rejected zone above the last full multiple of 10^6; then 7.
         let mut rng =
             Script::of(&[&0u32.to_le_bytes(), &0u32.to_le_bytes(), &u32::MAX.to_le_bytes(), &7u32.to_le_bytes()]);
-        let a = s.generate_code("ops", at(0.0), &mut |b| rng.fill(b)).unwrap();
-        let b = s.generate_code("ops", at(0.0), &mut |b| rng.fill(b)).unwrap();
+        let a = s.generate_code("ops", true, at(0.0), &mut |b| rng.fill(b)).unwrap();
+        let b = s.generate_code("ops", true, at(0.0), &mut |b| rng.fill(b)).unwrap();
         assert_eq!((a.as_str(), b.as_str()), ("000000", "000007"));
         assert_eq!(s.live_codes(at(1.0)), 2);
         // Both still work.
@@ -642,8 +698,8 @@ mod tests {
         let mut s = store();
         let zero = 0u32.to_le_bytes();
         let mut rng = Script::of(&[&zero, &zero]);
-        assert_eq!(s.generate_code("ops", at(0.0), &mut |b| rng.fill(b)).unwrap(), "000000");
-        assert_eq!(s.generate_code("ops", at(400.0), &mut |b| rng.fill(b)).unwrap(), "000000");
+        assert_eq!(s.generate_code("ops", true, at(0.0), &mut |b| rng.fill(b)).unwrap(), "000000");
+        assert_eq!(s.generate_code("ops", true, at(400.0), &mut |b| rng.fill(b)).unwrap(), "000000");
     }
 
     #[test]
@@ -651,21 +707,21 @@ mod tests {
         let mut s = PairingStore::new(PairingLimits { max_live_codes: 2, max_entries: 10 });
         let mut rng = Counter(0);
         for _ in 0..2 {
-            s.generate_code("ops", at(0.0), &mut |b| rng.fill(b)).unwrap();
+            s.generate_code("ops", true, at(0.0), &mut |b| rng.fill(b)).unwrap();
         }
-        assert_eq!(s.generate_code("ops", at(1.0), &mut |b| rng.fill(b)), Err(CodeError::Full));
+        assert_eq!(s.generate_code("ops", true, at(1.0), &mut |b| rng.fill(b)), Err(CodeError::Full));
         // Once they expire there is room again.
-        assert!(s.generate_code("ops", at(301.0), &mut |b| rng.fill(b)).is_ok());
+        assert!(s.generate_code("ops", true, at(301.0), &mut |b| rng.fill(b)).is_ok());
         let mut broken = |_: &mut [u8]| Err("no entropy".to_owned());
-        assert!(matches!(s.generate_code("ops", at(302.0), &mut broken), Err(CodeError::NoRandomness(_))));
+        assert!(matches!(s.generate_code("ops", true, at(302.0), &mut broken), Err(CodeError::NoRandomness(_))));
     }
 
     #[test]
     fn codes_and_tokens_are_held_only_as_digests() {
         let mut s = store();
         let mut rng = Counter(0);
-        let code = s.generate_code("ops", at(0.0), &mut |b| rng.fill(b)).unwrap();
-        let unused = s.generate_code("ops", at(0.0), &mut |b| rng.fill(b)).unwrap();
+        let code = s.generate_code("ops", true, at(0.0), &mut |b| rng.fill(b)).unwrap();
+        let unused = s.generate_code("ops", true, at(0.0), &mut |b| rng.fill(b)).unwrap();
         let p = s.redeem(&code, "dev", at(0.0), &mut |b| rng.fill(b), &nobody).unwrap();
         let text = serde_json::to_string(&s.snapshot()).unwrap();
         for secret in [&unused, &p.device_token, &p.device_token[3..].to_owned()] {
@@ -703,7 +759,7 @@ mod tests {
     fn request_checks_come_in_the_original_order_and_spend_nothing() {
         let mut s = store();
         let mut rng = Counter(0);
-        let code = s.generate_code("ops", at(0.0), &mut |b| rng.fill(b)).unwrap();
+        let code = s.generate_code("ops", true, at(0.0), &mut |b| rng.fill(b)).unwrap();
         let long = "x".repeat(MAX_AGENT_NAME_CHARS + 1);
         let other = if code == "123456" { "654321" } else { "123456" };
         let cases = [
@@ -729,7 +785,7 @@ mod tests {
     fn a_failing_source_at_redemption_leaves_the_code_usable() {
         let mut s = store();
         let mut rng = Counter(0);
-        let code = s.generate_code("ops", at(0.0), &mut |b| rng.fill(b)).unwrap();
+        let code = s.generate_code("ops", true, at(0.0), &mut |b| rng.fill(b)).unwrap();
         let rev = s.revision();
         let mut broken = |_: &mut [u8]| Err("no entropy".to_owned());
         let r = s.redeem(&code, "dev", at(1.0), &mut broken, &nobody);
@@ -742,8 +798,8 @@ mod tests {
     fn ids_and_peer_ids_are_unique_including_api_key_peer_ids() {
         let mut s = store();
         let mut codes = Counter(0);
-        let c1 = s.generate_code("ops", at(0.0), &mut |b| codes.fill(b)).unwrap();
-        let c2 = s.generate_code("ops", at(0.0), &mut |b| codes.fill(b)).unwrap();
+        let c1 = s.generate_code("ops", true, at(0.0), &mut |b| codes.fill(b)).unwrap();
+        let c2 = s.generate_code("ops", true, at(0.0), &mut |b| codes.fill(b)).unwrap();
         let id = [0xaa, 0xbb, 0xcc, 0xdd];
         let peer = [0x01, 0x02, 0x03];
         let taken_by_key = [0x0a, 0x0b, 0x0c];
@@ -858,7 +914,7 @@ mod tests {
         assert!(s.get(&e[0].entry.id).is_none());
         assert_eq!(s.len(), 3);
         // Now all three are live: a redemption is refused and keeps its code.
-        let code = s.generate_code("ops", at(62.0), &mut |b| rng.fill(b)).unwrap();
+        let code = s.generate_code("ops", true, at(62.0), &mut |b| rng.fill(b)).unwrap();
         assert_eq!(s.redeem(&code, "dev", at(62.0), &mut |b| rng.fill(b), &nobody), Err(PairError::Full));
         s.reject(&fourth.entry.id, at(63.0)).unwrap();
         assert!(s.redeem(&code, "dev", at(64.0), &mut |b| rng.fill(b), &nobody).is_ok());
@@ -873,7 +929,7 @@ mod tests {
         let _c = pair(&mut s, &mut rng, "c", 2.0);
         s.approve(&a.entry.id, at(3.0)).unwrap();
         s.reject(&b.entry.id, at(3.0)).unwrap();
-        let live = s.generate_code("ops", at(4.0), &mut |b| rng.fill(b)).unwrap();
+        let live = s.generate_code("ops", true, at(4.0), &mut |b| rng.fill(b)).unwrap();
         let snap = s.snapshot();
         let back = PairingStore::restore(snap.clone(), PairingLimits::default(), at(5.0)).unwrap();
         assert_eq!(back.snapshot(), snap);
@@ -930,7 +986,7 @@ mod tests {
             rev = s.revision();
             m
         };
-        let code = s.generate_code("ops", at(0.0), &mut |b| rng.fill(b)).unwrap();
+        let code = s.generate_code("ops", true, at(0.0), &mut |b| rng.fill(b)).unwrap();
         assert!(moved(&s));
         let _ = s.list(false);
         let _ = s.live_codes(at(1.0));
@@ -944,9 +1000,9 @@ mod tests {
         s.approve(&p.entry.id, at(2.0)).unwrap();
         assert!(moved(&s));
         // An expired code is forgotten at the next generation: a change too.
-        s.generate_code("ops", at(10.0), &mut |b| rng.fill(b)).unwrap();
+        s.generate_code("ops", true, at(10.0), &mut |b| rng.fill(b)).unwrap();
         let before = s.revision();
-        s.generate_code("ops", at(1000.0), &mut |b| rng.fill(b)).unwrap();
+        s.generate_code("ops", true, at(1000.0), &mut |b| rng.fill(b)).unwrap();
         assert_eq!(s.revision(), before + 2, "one for the purge, one for the new code");
     }
 }

@@ -39,15 +39,22 @@ pub(super) fn require_admin(state: &RegistryState, req: &ApiRequest, now: Now) -
 
 /// `generate-code` takes any valid API key (compatible) or an admin JWT.
 /// Returns whose it is, for the entry's `invited_by`.
-pub(super) fn require_inviter(state: &RegistryState, req: &ApiRequest, now: Now) -> Result<String, ApiResponse> {
+pub(super) fn require_inviter(state: &RegistryState, req: &ApiRequest, now: Now) -> Result<Inviter, ApiResponse> {
     match req.api_key {
         Some(key) => match state.keys.lookup(key) {
-            Some(entry) => Ok(entry.peer_id.clone()),
+            Some(entry) => Ok(Inviter { peer_id: entry.peer_id.clone(), admin: entry.role == ROLE_ADMIN }),
             None => Err(ApiResponse::json(401, &json!({"error": "invalid credential"}))),
         },
         None => admin_bearer(state, req, now)
+            .map(|r| r.map(|peer_id| Inviter { peer_id, admin: true }))
             .unwrap_or_else(|| Err(ApiResponse::json(401, &json!({"error": "API key or admin credential required"})))),
     }
+}
+
+/// Who asks for a pairing code.
+pub(super) struct Inviter {
+    pub peer_id: String,
+    pub admin: bool,
 }
 
 /// The peer of a valid `Authorization: Bearer` JWT that may join the mesh

@@ -17,12 +17,13 @@ pub(super) fn generate_code(state: &mut RegistryState, req: &ApiRequest, now: No
         Ok(creator) => creator,
         Err(resp) => return resp,
     };
-    match state.pairing.generate_code(&creator, now.wall, &mut *state.rng) {
+    match state.pairing.generate_code(&creator.peer_id, creator.admin, now.wall, &mut *state.rng) {
         Ok(code) => {
-            log::info!("{creator} generated a pairing code");
+            log::info!("{} generated a pairing code", creator.peer_id);
             ApiResponse::ok(json!({"code": code, "expires_in": CODE_TTL_SECS}))
         }
         Err(e @ CodeError::Full) => ApiResponse::json(503, &json!({"error": e.to_string()})),
+        Err(e @ CodeError::TooManyOwn) => ApiResponse::json(429, &json!({"error": e.to_string()})),
         Err(e @ CodeError::NoRandomness(_)) => {
             log::error!("cannot generate a pairing code: {e}");
             ApiResponse::json(500, &json!({"error": "cannot generate a code"}))
