@@ -55,6 +55,11 @@ const SETTINGS: &[Setting] = &[
         Some("8388608"),
         "bytes all hub tasks may take together (finished ones make room first)",
     ),
+    Setting::value(
+        "REST_AUTH",
+        Some("writes"),
+        "writes: agent/task writes need a credential; strict: every route but health and the page",
+    ),
     Setting::value("WS_RATE_LIMIT", Some("200"), "signaling frames per second per connection (burst 2x; 0 = off)"),
     Setting::value("WS_SEND_QUEUE", Some("256"), "frames queued towards one client before it is closed as too slow"),
     Setting::value("RUST_LOG", Some("info"), "log filter (error, warn, info, debug, trace; per module)"),
@@ -108,6 +113,11 @@ fn start(settings: &Settings) -> Result<(), String> {
         turn,
         cors_origins: (!cors.iter().any(|o| o == "*")).then_some(cors),
         trusted_proxies,
+        rest_auth_strict: match settings.get("REST_AUTH").unwrap_or("writes") {
+            "writes" => false,
+            "strict" => true,
+            other => return Err(format!("REST_AUTH: {other:?} is neither writes nor strict")),
+        },
         task_limits: TaskLimits {
             max_bytes: settings.parse("TASKS_MAX_BYTES")?.unwrap_or(TaskLimits::default().max_bytes),
             ..TaskLimits::default()

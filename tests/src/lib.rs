@@ -361,6 +361,12 @@ impl Registry {
         self.request("POST", path, &[("Content-Type", "application/json")], Some(body))
     }
 
+    /// A JSON POST with `X-API-Key`, as the original Python agent sends
+    /// its registry and task hub writes.
+    pub fn post_as(&self, api_key: &str, path: &str, body: &str) -> Reply {
+        self.request("POST", path, &[("Content-Type", "application/json"), ("X-API-Key", api_key)], Some(body))
+    }
+
     /// Any request; non-2xx answers are returned, not errors.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
         let mut req = ureq::http::Request::builder().method(method).uri(self.http(path));

@@ -80,7 +80,7 @@ fn agents_upsert_list_get_and_route() {
     let reg = Registry::start_default(dir.path());
     assert_eq!(reg.get("/api/registry/agents").json(), json!([]));
 
-    let r = reg.post("/api/registry/agents", r#"{"agent_id":"a1","hostname":"pi-1"}"#);
+    let r = reg.post_as("key-alpha", "/api/registry/agents", r#"{"agent_id":"a1","hostname":"pi-1"}"#);
     assert_eq!((r.status, r.json()), (200, json!({"status": "ok"})));
     let rec = reg.get("/api/registry/agents/a1").json();
     // Every default of AgentInfo, flattened, plus health and timestamps.
@@ -103,8 +103,12 @@ fn agents_upsert_list_get_and_route() {
     let full = json!({"agent_id":"a1","hostname":"pi-1b","ip":"10.0.0.5","port":9000,"sidecar_peer_id":"alpha",
         "capabilities":{"skills":["summarize","translate"],"mcp_servers":["fs"],"goals_count":2,"mode":"auto"},
         "status":"busy","mode":"auto","unknown_key":"ignored"});
-    assert_eq!(reg.post("/api/registry/agents", &full.to_string()).json(), json!({"status": "ok"}));
-    reg.post("/api/registry/agents", r#"{"agent_id":"a2","hostname":"pi-2","capabilities":{"skills":["translate"]}}"#);
+    assert_eq!(reg.post_as("key-alpha", "/api/registry/agents", &full.to_string()).json(), json!({"status": "ok"}));
+    reg.post_as(
+        "key-alpha",
+        "/api/registry/agents",
+        r#"{"agent_id":"a2","hostname":"pi-2","capabilities":{"skills":["translate"]}}"#,
+    );
     let list = reg.get("/api/registry/agents").json();
     let ids: Vec<&str> = list.as_array().unwrap().iter().map(|r| r["agent_id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a1", "a2"]);
@@ -134,7 +138,7 @@ fn heartbeats_create_agents_and_claim_their_tasks() {
     let submit =
         |body: Value| reg.post("/api/hub/tasks", &body.to_string()).json()["task_id"].as_str().unwrap().to_owned();
     let heartbeat = |body: Value| {
-        let r = reg.post("/api/hub/heartbeat", &body.to_string());
+        let r = reg.post_as("key-alpha", "/api/hub/heartbeat", &body.to_string());
         assert_eq!(r.status, 200, "{r:?}");
         let v = r.json();
         assert_eq!(v["status"], "ok", "{v}");
@@ -202,7 +206,7 @@ fn tasks_submit_get_update_and_stay_final() {
     let now = chatixia_e2e::jwt::now_unix() as f64;
     assert!((now - 5.0..=now + 5.0).contains(&created), "{task}");
 
-    let update = |body: &str| reg.post(&format!("/api/hub/tasks/{id}"), body);
+    let update = |body: &str| reg.post_as("key-admin", &format!("/api/hub/tasks/{id}"), body);
     assert_eq!(update(r#"{"state":"running"}"#).json(), json!({"status": "ok"}));
     assert_eq!(update(r#"{"state":"completed","result":"42"}"#).json(), json!({"status": "ok"}));
     let done = reg.get(&format!("/api/hub/tasks/{id}")).json();
@@ -217,7 +221,7 @@ fn tasks_submit_get_update_and_stay_final() {
     assert!(all.as_array().unwrap().iter().any(|t| t["id"] == id.as_str()), "{all}");
     let nf = reg.get("/api/hub/tasks/doesnotexist");
     assert_eq!((nf.status, nf.json()), (200, json!({"error": "not found"})));
-    let nf = reg.post("/api/hub/tasks/doesnotexist", r#"{"state":"completed"}"#);
+    let nf = reg.post_as("key-admin", "/api/hub/tasks/doesnotexist", r#"{"state":"completed"}"#);
     assert_eq!((nf.status, nf.json()), (200, json!({"error": "not found"})));
 }
 
@@ -240,12 +244,12 @@ fn bodies_that_are_not_json_get_400_and_wrong_types_422() {
         (&task_path, "<xml/>", 400),
     ];
     for (path, body, status) in cases {
-        let r = reg.post(path, body);
+        let r = reg.post_as("key-admin", path, body);
         assert_eq!(r.status, status, "POST {path} {body:?}: {r:?}");
         assert!(!r.body.is_empty(), "a short text says why");
     }
     let huge = json!({"agent_id": "big", "hostname": "x".repeat(70_000)}).to_string();
-    assert_eq!(reg.post("/api/registry/agents", &huge).status, 413);
+    assert_eq!(reg.post_as("key-alpha", "/api/registry/agents", &huge).status, 413);
     assert_eq!(reg.get("/api/nothing/here").status, 404);
     // Nothing was stored by the refused requests.
     assert_eq!(reg.get("/api/registry/agents").json(), json!([]));
@@ -253,34 +257,36 @@ fn bodies_that_are_not_json_get_400_and_wrong_types_422() {
 }
 
 #[test]
-fn deleting_an_agent_needs_the_admin_role() {
+fn deleting_an_agent_needs_its_own_key_or_an_admin() {
     let dir = Scratch::new("http-admin");
     let reg = Registry::start_default(dir.path());
     for id in ["a1", "a2", "a3"] {
-        reg.post("/api/registry/agents", &json!({"agent_id": id, "hostname": "h"}).to_string());
+        reg.post_as("key-alpha", "/api/registry/agents", &json!({"agent_id": id, "hostname": "h"}).to_string());
     }
     let delete = |id: &str, headers: &[(&str, &str)]| {
         reg.request("DELETE", &format!("/api/registry/agents/{id}"), headers, None)
     };
     let agent_jwt = format!("Bearer {}", reg.token("key-alpha"));
+    let bravo_jwt = format!("Bearer {}", reg.token("key-bravo"));
     let admin_jwt = format!("Bearer {}", reg.token("key-admin"));
 
     assert_eq!(delete("a1", &[]).status, 401, "no credential");
     assert_eq!(delete("a1", &[("X-API-Key", "key-nope")]).status, 401, "unknown key");
     assert_eq!(delete("a1", &[("Authorization", "Bearer not.a.jwt")]).status, 401, "bad JWT");
     assert_eq!(delete("a1", &[("Authorization", "Basic a2V5LWFkbWluOg==")]).status, 401, "not a bearer");
-    assert_eq!(delete("a1", &[("X-API-Key", "key-alpha")]).status, 403, "agent key");
-    assert_eq!(delete("a1", &[("Authorization", &agent_jwt)]).status, 403, "agent JWT");
+    assert_eq!(delete("a1", &[("X-API-Key", "key-bravo")]).status, 403, "another agent's key");
+    assert_eq!(delete("a1", &[("Authorization", &bravo_jwt)]).status, 403, "another agent's JWT");
     assert_eq!(reg.get("/api/registry/agents").json().as_array().unwrap().len(), 3, "nothing deleted yet");
 
     let r = delete("a1", &[("X-API-Key", "key-admin")]);
     assert_eq!((r.status, r.json()), (200, json!({"status": "ok"})));
     let r = delete("a2", &[("Authorization", &admin_jwt)]);
     assert_eq!((r.status, r.json()), (200, json!({"status": "ok"})));
+    let r = delete("a3", &[("Authorization", &agent_jwt)]);
+    assert_eq!((r.status, r.json()), (200, json!({"status": "ok"})), "its own agent");
     let r = delete("a1", &[("X-API-Key", "key-admin")]);
     assert_eq!((r.status, r.json()), (200, json!({"error": "not found"})));
-    let left = reg.get("/api/registry/agents").json();
-    assert_eq!(left.as_array().unwrap().iter().map(|a| a["agent_id"].clone()).collect::<Vec<_>>(), [json!("a3")]);
+    assert_eq!(reg.get("/api/registry/agents").json(), json!([]));
 }
 
 #[test]
@@ -296,12 +302,12 @@ fn cors_preflights_and_origins() {
     let allowed = pre.header("access-control-allow-headers").unwrap_or_default().to_ascii_lowercase();
     assert!(allowed.contains("content-type") && allowed.contains("x-api-key"), "{pre:?}");
     // A preflight needs no credential, even for an admin route.
-    assert_eq!(reg.request("OPTIONS", "/api/registry/agents/a1", &origin, None).status, 204);
+    assert_eq!(reg.request("OPTIONS", "/api/pairing/pending", &origin, None).status, 204);
 
     let get = reg.request("GET", "/api/registry/agents", &origin[..1], None);
     assert_eq!(get.header("access-control-allow-origin"), Some("*"));
     // Admin routes get no wildcard.
-    let admin = reg.request("DELETE", "/api/registry/agents/a1", &[origin[0], ("X-API-Key", "key-admin")], None);
+    let admin = reg.request("GET", "/api/pairing/pending", &[origin[0], ("X-API-Key", "key-admin")], None);
     assert_eq!(admin.status, 200);
     assert_eq!(admin.header("access-control-allow-origin"), None, "{admin:?}");
 
@@ -312,7 +318,7 @@ fn cors_preflights_and_origins() {
     assert_eq!(ok.header("access-control-allow-origin"), Some("https://b.example"));
     let other = reg.request("GET", "/healthz", &[("Origin", "https://evil.example")], None);
     assert_eq!((other.status, other.header("access-control-allow-origin")), (200, None));
-    let admin = reg.request("DELETE", "/api/registry/agents/x", &[("Origin", "https://dash.example")], None);
+    let admin = reg.request("GET", "/api/pairing/all", &[("Origin", "https://dash.example")], None);
     assert_eq!((admin.status, admin.header("access-control-allow-origin")), (401, Some("https://dash.example")));
 }
 
@@ -352,13 +358,14 @@ fn stored_tasks_and_agents_are_bounded_in_bytes() {
     assert_eq!(reg.post("/api/hub/tasks", r#"{"skill":"s"}"#).status, 200);
 
     let agent = json!({"agent_id": "a1", "hostname": "h", "capabilities": {"skills": ["search"]}});
-    assert_eq!(reg.post("/api/registry/agents", &agent.to_string()).status, 200);
+    assert_eq!(reg.post_as("key-alpha", "/api/registry/agents", &agent.to_string()).status, 200);
     let skills: Vec<String> = (0..3_000).map(|i| (i % 10).to_string()).collect();
     let big = json!({"agent_id": "a1", "hostname": "h", "capabilities": {"skills": skills}});
-    let r = reg.post("/api/registry/agents", &big.to_string());
+    let r = reg.post_as("key-alpha", "/api/registry/agents", &big.to_string());
     assert_eq!(r.status, 413, "{r:?}");
     assert!(r.json()["error"].as_str().is_some_and(|e| e.contains("exceeds 8192")), "{r:?}");
-    let r = reg.post("/api/hub/heartbeat", &json!({"agent_id": "a1", "skill_names": skills}).to_string());
+    let r =
+        reg.post_as("key-alpha", "/api/hub/heartbeat", &json!({"agent_id": "a1", "skill_names": skills}).to_string());
     assert_eq!(r.status, 413, "{r:?}");
     assert_eq!(reg.get("/api/registry/agents/a1").json()["capabilities"]["skills"], json!(["search"]));
 }
@@ -400,4 +407,81 @@ fn writes_from_foreign_web_pages_are_refused() {
     assert_eq!(keyed.status, 200, "{keyed:?}");
     assert_eq!(reg.post("/api/hub/tasks", task).status, 200);
     assert_eq!(reg.get("/api/hub/tasks/all").json().as_array().map(Vec::len), Some(4));
+}
+
+/// The original agent's writes, in its request shapes: its key's peer is
+/// `<agent_id>-sidecar`, which it names as `sidecar_peer_id`. With that key
+/// registration, heartbeats and updates of its tasks go through; without a
+/// key they get 401, with another agent's 403 (JSON errors), and nothing
+/// changes.
+#[test]
+fn agent_registry_and_task_writes_need_the_agents_own_key() {
+    let dir = Scratch::new("http-rest-auth");
+    std::fs::write(
+        dir.path().join("api_keys.json"),
+        r#"{"keys":{"key-w1":{"peer_id":"worker-1-sidecar","role":"agent"},
+                    "key-w2":{"peer_id":"worker-2-sidecar","role":"agent"}}}"#,
+    )
+    .unwrap();
+    let reg = Registry::start_in(dir.path(), &[], &[]);
+    let register = json!({"agent_id": "worker-1", "hostname": "pi-1", "ip": "10.0.0.7", "port": 8000,
+        "sidecar_peer_id": "worker-1-sidecar", "capabilities": {"skills": ["echo"], "mcp_servers": [],
+        "goals_count": 0, "mode": "auto"}, "status": "active", "mode": "auto"})
+    .to_string();
+    let heartbeat = json!({"agent_id": "worker-1", "hostname": "pi-1", "ip": "10.0.0.7", "port": 8000,
+        "status": "active", "mode": "auto", "sidecar_peer_id": "worker-1-sidecar", "skills_count": 1,
+        "goals_count": 0, "uptime_seconds": 12.5, "skill_names": ["echo"]})
+    .to_string();
+    let refused = |r: chatixia_e2e::Reply, status: u16| {
+        assert_eq!(r.status, status, "{r:?}");
+        assert!(r.json()["error"].is_string(), "{r:?}");
+    };
+    refused(reg.post("/api/registry/agents", &register), 401);
+    refused(reg.post_as("key-w2", "/api/registry/agents", &register), 403);
+    refused(reg.post_as("key-nope", "/api/registry/agents", &register), 401);
+    assert_eq!(reg.get("/api/registry/agents").json(), json!([]));
+    assert_eq!(reg.post_as("key-w1", "/api/registry/agents", &register).json(), json!({"status": "ok"}));
+
+    let task = reg.post("/api/hub/tasks", r#"{"skill":"echo","payload":{"text":"hi"},"source_agent_id":"cli"}"#);
+    let task_path = format!("/api/hub/tasks/{}", task.json()["task_id"].as_str().expect("task_id"));
+    refused(reg.post("/api/hub/heartbeat", &heartbeat), 401);
+    refused(reg.post_as("key-w2", "/api/hub/heartbeat", &heartbeat), 403);
+    assert_eq!(reg.get(&task_path).json()["state"], "pending", "not claimed by the refused heartbeats");
+    let hb = reg.post_as("key-w1", "/api/hub/heartbeat", &heartbeat).json();
+    assert_eq!(hb["pending_tasks"][0]["assigned_agent_id"], "worker-1");
+
+    let update = r#"{"state":"completed","result":"hi","error":""}"#;
+    refused(reg.post(&task_path, update), 401);
+    refused(reg.post_as("key-w2", &task_path, update), 403);
+    assert_eq!(reg.get(&task_path).json()["state"], "assigned");
+    assert_eq!(reg.post_as("key-w1", &task_path, update).json(), json!({"status": "ok"}));
+    assert_eq!(reg.get(&task_path).json()["result"], "hi");
+
+    let delete = |key: &str| reg.request("DELETE", "/api/registry/agents/worker-1", &[("X-API-Key", key)], None);
+    refused(delete("key-w2"), 403);
+    assert_eq!(delete("key-w1").json(), json!({"status": "ok"}));
+}
+
+/// `REST_AUTH=strict`: reads, task submission and the topology need a
+/// credential too; health, the dashboard's page and the credential
+/// exchange stay open (the page asks for a key).
+#[test]
+fn strict_rest_auth_needs_a_credential_everywhere_but_health_and_the_page() {
+    let dir = Scratch::new("http-rest-strict");
+    std::fs::write(dir.path().join("api_keys.json"), chatixia_e2e::DEFAULT_KEYS).unwrap();
+    let reg = Registry::start_in(dir.path(), &[], &[("REST_AUTH", "strict")]);
+    for path in ["/api/registry/agents", "/api/hub/tasks/all", "/api/hub/network/topology", "/metrics", "/api/config"] {
+        let r = reg.get(path);
+        assert_eq!(r.status, 401, "{path}: {r:?}");
+        assert_eq!(reg.request("GET", path, &[("X-API-Key", "key-alpha")], None).status, 200, "{path}");
+    }
+    assert_eq!(reg.post("/api/hub/tasks", "{}").status, 401);
+    assert_eq!(reg.post_as("key-alpha", "/api/hub/tasks", "{}").status, 200);
+    for path in ["/", "/dashboard.js", "/dashboard.css", "/healthz"] {
+        assert_eq!(reg.get(path).status, 200, "{path}");
+    }
+    assert!(reg.token("key-alpha").len() > 20);
+    let bad = Registry::command(dir.path(), &[], &[("REST_AUTH", "sometimes")]).output().expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("REST_AUTH"), "{bad:?}");
 }

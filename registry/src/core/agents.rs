@@ -243,6 +243,9 @@ struct Entry {
     info: AgentInfo,
     registered_at: SystemTime,
     last_heartbeat: SystemTime,
+    /// Peer of the credential that created the record (empty: none); it
+    /// may act for the agent while `sidecar_peer_id` is still empty.
+    owner: String,
 }
 
 impl Entry {
@@ -305,42 +308,62 @@ impl AgentRegistry {
     /// time we first saw the agent (the original reset it on every POST,
     /// which made it useless).
     pub fn upsert(&mut self, info: AgentInfo, now: SystemTime) -> Result<(), TooLarge> {
+        self.upsert_as(info, "", now)
+    }
+
+    /// [`AgentRegistry::upsert`] by the credential of peer `owner`, which
+    /// becomes the record's owner if it creates it.
+    pub fn upsert_as(&mut self, info: AgentInfo, owner: &str, now: SystemTime) -> Result<(), TooLarge> {
         let size = info.stored_bytes();
         if size > MAX_AGENT_BYTES {
             return Err(TooLarge(size));
         }
-        let registered_at = self.remove_entry(&info.agent_id).map_or(now, |e| e.registered_at);
-        self.insert(info, registered_at, now);
+        let (registered_at, owner) =
+            self.remove_entry(&info.agent_id).map_or((now, owner.to_owned()), |e| (e.registered_at, e.owner));
+        self.insert(info, registered_at, owner, now);
         Ok(())
+    }
+
+    /// The peer that may act for `agent_id` (its `sidecar_peer_id`, or
+    /// while that is empty the peer that created it); `None` for an
+    /// unknown agent, `Some("")` for one nobody owns.
+    pub fn owner_of(&self, agent_id: &str) -> Option<&str> {
+        let e = self.agents.get(agent_id)?;
+        Some(if e.info.sidecar_peer_id.is_empty() { &e.owner } else { &e.info.sidecar_peer_id })
     }
 
     /// `POST /api/hub/heartbeat`: creates an unknown agent, otherwise
     /// refreshes it and overwrites only the fields the heartbeat carries.
     pub fn heartbeat(&mut self, hb: Heartbeat, now: SystemTime) -> Result<(), TooLarge> {
-        let (info, registered_at) = match self.agents.get(&hb.agent_id) {
+        self.heartbeat_as(hb, "", now)
+    }
+
+    /// [`AgentRegistry::heartbeat`] by the credential of peer `owner`.
+    pub fn heartbeat_as(&mut self, hb: Heartbeat, owner: &str, now: SystemTime) -> Result<(), TooLarge> {
+        let (info, registered_at, owner) = match self.agents.get(&hb.agent_id) {
             Some(entry) => {
                 let mut info = entry.info.clone();
                 hb.apply_to(&mut info);
-                (info, entry.registered_at)
+                (info, entry.registered_at, entry.owner.clone())
             }
-            None => (hb.into_new_agent(), now),
+            None => (hb.into_new_agent(), now, owner.to_owned()),
         };
         let size = info.stored_bytes();
         if size > MAX_AGENT_BYTES {
             return Err(TooLarge(size));
         }
         self.remove_entry(&info.agent_id);
-        self.insert(info, registered_at, now);
+        self.insert(info, registered_at, owner, now);
         Ok(())
     }
 
-    fn insert(&mut self, info: AgentInfo, registered_at: SystemTime, now: SystemTime) {
+    fn insert(&mut self, info: AgentInfo, registered_at: SystemTime, owner: String, now: SystemTime) {
         let size = info.stored_bytes();
         while !self.agents.is_empty() && (self.agents.len() >= self.max_agents || self.bytes + size > self.max_bytes) {
             self.evict_least_recently_heard();
         }
         self.bytes += size;
-        self.agents.insert(info.agent_id.clone(), Entry { info, registered_at, last_heartbeat: now });
+        self.agents.insert(info.agent_id.clone(), Entry { info, registered_at, last_heartbeat: now, owner });
     }
 
     fn remove_entry(&mut self, agent_id: &str) -> Option<Entry> {

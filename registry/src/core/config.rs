@@ -29,6 +29,9 @@ pub struct RegistryConfig {
     pub relay: Option<(RelayConfig, u16)>,
     /// What the task hub may hold (`TASKS_MAX_BYTES` sets `max_bytes`).
     pub task_limits: TaskLimits,
+    /// `REST_AUTH=strict`: every route but health, the dashboard's assets
+    /// and the credential exchanges needs a credential, reads included.
+    pub rest_auth_strict: bool,
 }
 
 impl Default for RegistryConfig {
@@ -45,6 +48,7 @@ impl Default for RegistryConfig {
             pair_global_rate: Rate::per_window(60, Duration::from_secs(60)),
             relay: None,
             task_limits: TaskLimits::default(),
+            rest_auth_strict: false,
         }
     }
 }

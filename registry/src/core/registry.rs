@@ -292,8 +292,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
     use std::time::{Duration, Instant, UNIX_EPOCH};
 
-    const KEYS: &str =
-        r#"{"keys":{"k-agent":{"peer_id":"alpha","role":"agent"},"k-admin":{"peer_id":"ops","role":"admin"}}}"#;
+    const KEYS: &str = r#"{"keys":{"k-agent":{"peer_id":"alpha","role":"agent"},"k-bravo":{"peer_id":"bravo","role":"agent"},"k-admin":{"peer_id":"ops","role":"admin"}}}"#;
 
     /// Signs tokens as the registry under test does, with its secret.
     fn issuer() -> TokenIssuer {
@@ -426,35 +425,95 @@ mod tests {
         let t = now();
         let admin_jwt = format!("Bearer {}", issuer().mint("ops", "admin", t.unix_secs()));
         let agent_jwt = format!("Bearer {}", issuer().mint("alpha", "agent", t.unix_secs()));
-        let path = "/api/registry/agents/x";
+        let path = "/api/pairing/x/approve";
         let cases: [(Option<&str>, Option<&str>, u16); 6] = [
             (None, None, 401),
             (Some("k-agent"), None, 403),
             (Some("wrong"), None, 401),
             (None, Some(&agent_jwt), 403),
             (None, Some("Bearer garbage"), 401),
-            (Some("k-admin"), None, 200),
+            (Some("k-admin"), None, 404),
         ];
         for (api_key, authorization, status) in cases {
-            let resp = r.handle_http(&ApiRequest { api_key, authorization, ..req("DELETE", path) }, t);
+            let resp = r.handle_http(&ApiRequest { api_key, authorization, ..req("POST", path) }, t);
             assert_eq!(resp.status, status, "{api_key:?} {authorization:?}");
         }
-        let resp = r.handle_http(&ApiRequest { authorization: Some(&admin_jwt), ..req("DELETE", path) }, t);
-        assert_eq!((resp.status, body(&resp)), (200, json!({"error": "not found"})));
+        let resp = r.handle_http(&ApiRequest { authorization: Some(&admin_jwt), ..req("POST", path) }, t);
+        assert_eq!(resp.status, 404, "past the credential check: no such entry");
+    }
+
+    /// Agent registry and task hub writes need a credential whose peer may
+    /// act for the agent (docs/PROTOCOL.md §3.3); admins may act for any.
+    #[test]
+    fn rest_writes_need_a_credential_that_may_act_for_the_agent() {
+        let mut r = registry(RegistryConfig::default());
+        let t = now();
+        let post = |r: &mut Registry, path: &str, key: Option<&str>, body: &str| {
+            let resp = r.handle_http(&ApiRequest { api_key: key, body: body.as_bytes(), ..req("POST", path) }, t);
+            (resp.status, serde_json::from_slice::<Value>(&resp.body).unwrap_or(Value::Null))
+        };
+        let agents = "/api/registry/agents";
+        let info = r#"{"agent_id":"a1","hostname":"h","sidecar_peer_id":"alpha"}"#;
+        assert_eq!(post(&mut r, agents, None, info).0, 401);
+        assert_eq!(post(&mut r, agents, Some("nope"), info).0, 401);
+        // bravo may not claim alpha's sidecar, alpha may.
+        assert_eq!(post(&mut r, agents, Some("k-bravo"), info).0, 403);
+        assert_eq!(post(&mut r, agents, Some("k-agent"), info), (200, json!({"status": "ok"})));
+        // Nor take over alpha's agent by leaving the sidecar out.
+        let takeover = r#"{"agent_id":"a1","hostname":"evil"}"#;
+        assert_eq!(post(&mut r, agents, Some("k-bravo"), takeover).0, 403);
+        let hb = "/api/hub/heartbeat";
+        assert_eq!(post(&mut r, hb, Some("k-bravo"), r#"{"agent_id":"a1"}"#).0, 403);
+        assert_eq!(post(&mut r, hb, None, r#"{"agent_id":"a1"}"#).0, 401);
+        // An agent created before its sidecar is known belongs to its creator.
+        assert_eq!(post(&mut r, hb, Some("k-bravo"), r#"{"agent_id":"b1","sidecar_peer_id":""}"#).0, 200);
+        assert_eq!(post(&mut r, hb, Some("k-agent"), r#"{"agent_id":"b1"}"#).0, 403);
+        assert_eq!(post(&mut r, agents, Some("k-admin"), takeover).0, 200);
+
+        // Task updates: the agent the task is for, or an admin.
+        let (status, sub) = post(&mut r, "/api/hub/tasks", None, r#"{"skill":"s","target_agent_id":"b1"}"#);
+        assert_eq!(status, 200, "submission stays open");
+        let task = format!("/api/hub/tasks/{}", sub["task_id"].as_str().unwrap());
+        let done = r#"{"state":"completed","result":"r"}"#;
+        assert_eq!(post(&mut r, &task, None, done).0, 401);
+        assert_eq!(post(&mut r, &task, Some("k-agent"), done).0, 403);
+        assert_eq!(post(&mut r, &task, Some("k-bravo"), done), (200, json!({"status": "ok"})));
+        // Reads stay open.
+        assert_eq!(r.handle_http(&req("GET", "/api/hub/tasks/all"), t).status, 200);
+    }
+
+    #[test]
+    fn strict_rest_auth_closes_reads_and_submission_but_not_health_or_the_page() {
+        let mut r = registry(RegistryConfig { rest_auth_strict: true, ..RegistryConfig::default() });
+        let t = now();
+        for (method, path) in [
+            ("GET", "/api/registry/agents"),
+            ("GET", "/api/hub/tasks/all"),
+            ("GET", "/api/hub/network/topology"),
+            ("GET", "/api/config"),
+            ("GET", "/metrics"),
+            ("POST", "/api/hub/tasks"),
+        ] {
+            assert_eq!(r.handle_http(&req(method, path), t).status, 401, "{method} {path}");
+            let keyed = r.handle_http(&ApiRequest { api_key: Some("k-agent"), body: b"{}", ..req(method, path) }, t);
+            assert_eq!(keyed.status, 200, "{method} {path}");
+        }
+        for path in ["/", "/dashboard.js", "/healthz"] {
+            assert_eq!(r.handle_http(&req("GET", path), t).status, 200, "{path}");
+        }
+        assert_eq!(r.handle_http(&ApiRequest { api_key: Some("k-agent"), ..req("POST", "/api/token") }, t).status, 200);
     }
 
     #[test]
     fn bodies_400_for_non_json_and_422_for_wrong_types() {
         let mut r = registry(RegistryConfig::default());
         let t = now();
-        let bad = r.handle_http(&ApiRequest { body: b"{", ..req("POST", "/api/registry/agents") }, t);
+        let agents = ApiRequest { api_key: Some("k-agent"), ..req("POST", "/api/registry/agents") };
+        let bad = r.handle_http(&ApiRequest { body: b"{", ..agents.clone() }, t);
         assert_eq!(bad.status, 400);
-        let wrong = r.handle_http(&ApiRequest { body: br#"{"agent_id":1}"#, ..req("POST", "/api/registry/agents") }, t);
+        let wrong = r.handle_http(&ApiRequest { body: br#"{"agent_id":1}"#, ..agents.clone() }, t);
         assert_eq!(wrong.status, 422);
-        let ok = r.handle_http(
-            &ApiRequest { body: br#"{"agent_id":"a","hostname":"h"}"#, ..req("POST", "/api/registry/agents") },
-            t,
-        );
+        let ok = r.handle_http(&ApiRequest { body: br#"{"agent_id":"a","hostname":"h"}"#, ..agents }, t);
         assert_eq!(body(&ok), json!({"status": "ok"}));
         let missing = r.handle_http(&req("GET", "/api/registry/agents/zz"), t);
         assert_eq!((missing.status, body(&missing)), (200, json!({"error": "not found"})));
@@ -467,8 +526,7 @@ mod tests {
         let pre = r.handle_http(&ApiRequest { origin: Some("http://x"), ..req("OPTIONS", "/api/token") }, t);
         assert_eq!(pre.status, 204);
         assert!(pre.headers.contains(&("access-control-allow-origin", "*".into())));
-        let admin =
-            r.handle_http(&ApiRequest { origin: Some("http://x"), ..req("DELETE", "/api/registry/agents/a") }, t);
+        let admin = r.handle_http(&ApiRequest { origin: Some("http://x"), ..req("GET", "/api/pairing/pending") }, t);
         assert!(!admin.headers.iter().any(|(h, _)| *h == "access-control-allow-origin"));
         let mut listed =
             registry(RegistryConfig { cors_origins: Some(vec!["http://ok".into()]), ..RegistryConfig::default() });
@@ -731,7 +789,6 @@ mod tests {
             ("POST", format!("/api/pairing/{pending}/approve")),
             ("POST", format!("/api/pairing/{pending}/reject")),
             ("POST", format!("/api/pairing/{approved}/revoke")),
-            ("DELETE", "/api/registry/agents/a".to_owned()),
         ];
         let creds: [(Option<&str>, Option<&str>, u16); 3] =
             [(None, None, 401), (Some("k-agent"), None, 403), (None, Some(&agent_jwt), 403)];
@@ -746,7 +803,7 @@ mod tests {
         assert_eq!(r.revisions(), before, "no handler ran");
         // With the admin key they run (the reject finds the entry approved).
         let statuses: Vec<u16> = routes.iter().map(|(m, p)| r.handle_http(&admin(m, p), t).status).collect();
-        assert_eq!(statuses, [200, 200, 200, 404, 200, 200]);
+        assert_eq!(statuses, [200, 200, 200, 404, 200]);
     }
 
     #[test]

@@ -15,12 +15,8 @@ use serde_json::json;
 /// The routes that need an admin credential. On the pairing admin paths it
 /// is checked even before the method.
 pub(super) fn is_admin_route(method: &str, seg: &[&str]) -> bool {
-    matches!(
-        (method, seg),
-        ("DELETE" | "OPTIONS", ["api", "registry", "agents", _])
-            | (_, ["api", "pairing", "pending" | "all"])
-            | (_, ["api", "pairing", _, _])
-    ) && !matches!(seg, ["api", "pairing", "generate-code" | "pair"])
+    matches!((method, seg), (_, ["api", "pairing", "pending" | "all"]) | (_, ["api", "pairing", _, _]))
+        && !matches!(seg, ["api", "pairing", "generate-code" | "pair"])
 }
 
 /// Admin routes: an API key with role admin, or a JWT with role admin.
@@ -64,6 +60,70 @@ pub(super) fn authorized_bearer(state: &RegistryState, req: &ApiRequest, now: No
     let id = state.tokens.verify(bearer.trim(), now.unix_secs()).ok()?;
     let authz = Authorization { keys: &state.keys, pairing: &state.pairing };
     authz.is_authorized(&id.peer_id).then_some(id.peer_id)
+}
+
+/// Whoever a request's credential names, for the REST routes that need
+/// one (docs/PROTOCOL.md, REST authentication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Actor {
+    pub peer_id: String,
+    pub admin: bool,
+}
+
+/// The request's credential: an API key, an approved device's token, or a
+/// JWT of an agent or admin that may still join. `Ok(None)` without one;
+/// 401 for one that is not valid (never ignored in favour of another).
+pub(super) fn actor(state: &RegistryState, req: &ApiRequest, now: Now) -> Result<Option<Actor>, ApiResponse> {
+    let invalid = || ApiResponse::json(401, &json!({"error": "invalid credential"}));
+    if let Some(key) = req.api_key {
+        let e = state.keys.lookup(key).ok_or_else(invalid)?;
+        return Ok(Some(Actor { peer_id: e.peer_id.clone(), admin: e.role == ROLE_ADMIN }));
+    }
+    if let Some(token) = req.device_token {
+        let e = state.pairing.by_device_token(token).filter(|e| e.status == Status::Approved).ok_or_else(invalid)?;
+        return Ok(Some(Actor { peer_id: e.peer_id.clone(), admin: false }));
+    }
+    if let Some(bearer) = req.authorization.and_then(|a| a.strip_prefix("Bearer ")) {
+        let id = state.tokens.verify(bearer.trim(), now.unix_secs()).map_err(|_| invalid())?;
+        let authz = Authorization { keys: &state.keys, pairing: &state.pairing };
+        if id.role == ROLE_PENDING || !authz.is_authorized(&id.peer_id) {
+            return Err(invalid());
+        }
+        return Ok(Some(Actor { peer_id: id.peer_id, admin: id.role == ROLE_ADMIN }));
+    }
+    Ok(None)
+}
+
+/// [`actor`], with a missing credential refused too.
+pub(super) fn require_actor(state: &RegistryState, req: &ApiRequest, now: Now) -> Result<Actor, ApiResponse> {
+    actor(state, req, now)?.ok_or_else(|| {
+        ApiResponse::json(401, &json!({"error": "credential required (X-API-Key, X-Device-Token or Bearer token)"}))
+    })
+}
+
+/// Whether `actor` may write for the agent `agent_id` (`owner`: its
+/// owner per [`crate::core::agents::AgentRegistry::owner_of`]) claiming
+/// `sidecar_peer_id` (empty: none): admins always; others for agents that
+/// are theirs or new, and never for another peer's sidecar.
+pub(super) fn may_act_for(
+    actor: &Actor,
+    owner: Option<&str>,
+    agent_id: &str,
+    sidecar_peer_id: &str,
+) -> Result<(), ApiResponse> {
+    if actor.admin {
+        return Ok(());
+    }
+    let refuse = |why: String| Err(ApiResponse::json(403, &json!({ "error": why })));
+    if !sidecar_peer_id.is_empty() && sidecar_peer_id != actor.peer_id {
+        return refuse(format!("{} may not act for sidecar_peer_id {sidecar_peer_id:?}", actor.peer_id));
+    }
+    match owner {
+        Some(owner) if !owner.is_empty() && owner != actor.peer_id => {
+            refuse(format!("{} may not act for agent {agent_id:?}", actor.peer_id))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `None` without an `Authorization: Bearer` header.
@@ -143,7 +203,6 @@ mod tests {
             ("POST", "/api/pairing/x/approve"),
             ("POST", "/api/pairing/x/reject"),
             ("POST", "/api/pairing/x/revoke"),
-            ("DELETE", "/api/registry/agents/x"),
             // Wrong methods on admin paths still need the credential first.
             ("POST", "/api/pairing/pending"),
             ("GET", "/api/pairing/x/approve"),
@@ -155,6 +214,7 @@ mod tests {
             ("POST", "/api/pairing/pair"),
             ("POST", "/api/token"),
             ("GET", "/api/registry/agents/x"),
+            ("DELETE", "/api/registry/agents/x"),
         ] {
             assert!(!is_admin_route(method, &seg(path)), "{method} {path}");
         }

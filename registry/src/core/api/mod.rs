@@ -53,6 +53,12 @@ fn route(state: &mut RegistryState, req: &ApiRequest, seg: &[&str], admin_route:
     } else {
         String::new()
     };
+    if state.config.rest_auth_strict
+        && !open_when_strict(seg)
+        && let Err(resp) = auth::require_actor(state, req, now)
+    {
+        return resp;
+    }
     match (req.method, seg) {
         ("GET", [""]) => asset(Asset::Page),
         ("GET", ["dashboard.js"]) => asset(Asset::Script),
@@ -77,9 +83,19 @@ fn route(state: &mut RegistryState, req: &ApiRequest, seg: &[&str], admin_route:
         }
         ("POST", ["api", "token"]) => auth::issue_token(state, req, now),
         ("POST", ["api", "registry", "agents"]) => {
-            req.with_body(|info: AgentInfo| match state.agents.upsert(info, now.wall) {
-                Ok(()) => ApiResponse::ok(json!({"status": "ok"})),
-                Err(e) => ApiResponse::json(413, &json!({"error": e.to_string()})),
+            let actor = match auth::require_actor(state, req, now) {
+                Ok(actor) => actor,
+                Err(resp) => return resp,
+            };
+            req.with_body(|info: AgentInfo| {
+                let owner = state.agents.owner_of(&info.agent_id);
+                if let Err(resp) = auth::may_act_for(&actor, owner, &info.agent_id, &info.sidecar_peer_id) {
+                    return resp;
+                }
+                match state.agents.upsert_as(info, &actor.peer_id, now.wall) {
+                    Ok(()) => ApiResponse::ok(json!({"status": "ok"})),
+                    Err(e) => ApiResponse::json(413, &json!({"error": e.to_string()})),
+                }
             })
         }
         ("GET", ["api", "registry", "agents"]) => ApiResponse::ok(json!(state.agents.list(now.wall))),
@@ -95,6 +111,11 @@ fn route(state: &mut RegistryState, req: &ApiRequest, seg: &[&str], admin_route:
             None => ApiResponse::not_found_body(),
         },
         ("DELETE", ["api", "registry", "agents", id]) => {
+            let allowed = auth::require_actor(state, req, now)
+                .and_then(|actor| auth::may_act_for(&actor, state.agents.owner_of(id), id, ""));
+            if let Err(resp) = allowed {
+                return resp;
+            }
             if state.agents.remove(id) {
                 ApiResponse::ok(json!({"status": "ok"}))
             } else {
@@ -113,6 +134,9 @@ fn route(state: &mut RegistryState, req: &ApiRequest, seg: &[&str], admin_route:
             None => ApiResponse::not_found_body(),
         },
         ("POST", ["api", "hub", "tasks", id]) => {
+            if let Err(resp) = may_update_task(state, req, id, now) {
+                return resp;
+            }
             req.with_body(|upd: TaskUpdate| match state.tasks.update(id, upd, now.wall) {
                 Ok(()) => ApiResponse::ok(json!({"status": "ok"})),
                 Err(UpdateError::NotFound) => ApiResponse::not_found_body(),
@@ -120,15 +144,13 @@ fn route(state: &mut RegistryState, req: &ApiRequest, seg: &[&str], admin_route:
                 Err(e @ UpdateError::NoRoom) => ApiResponse::json(503, &json!({"error": e.to_string()})),
             })
         }
-        ("POST", ["api", "hub", "heartbeat"]) => req.with_body(|hb: Heartbeat| {
-            let agent_id = hb.agent_id.clone();
-            if let Err(e) = state.agents.heartbeat(hb, now.wall) {
-                return ApiResponse::json(413, &json!({"error": e.to_string()}));
-            }
-            let skills = state.agents.skills_of(&agent_id);
-            let pending = state.tasks.claim(&agent_id, &skills, now.wall);
-            ApiResponse::ok(json!({"status": "ok", "pending_tasks": pending}))
-        }),
+        ("POST", ["api", "hub", "heartbeat"]) => {
+            let actor = match auth::require_actor(state, req, now) {
+                Ok(actor) => actor,
+                Err(resp) => return resp,
+            };
+            req.with_body(|hb: Heartbeat| heartbeat(state, &actor, hb, now))
+        }
         ("POST", ["api", "pairing", "generate-code"]) => pairing::generate_code(state, req, now),
         ("POST", ["api", "pairing", "pair"]) => pairing::pair(state, req, now),
         ("GET", ["api", "pairing", "pending"]) => ApiResponse::ok(json!(state.pairing.list(true))),
@@ -142,6 +164,58 @@ fn route(state: &mut RegistryState, req: &ApiRequest, seg: &[&str], admin_route:
             ApiResponse::ok(json!(topology))
         }
         _ => ApiResponse::json(404, &json!({"error": "no such route"})),
+    }
+}
+
+/// `POST /api/hub/heartbeat` by `actor`: refreshes (or creates) the agent
+/// and hands it the tasks it may claim.
+fn heartbeat(state: &mut RegistryState, actor: &auth::Actor, hb: Heartbeat, now: Now) -> ApiResponse {
+    let agent_id = hb.agent_id.clone();
+    let claimed = hb.sidecar_peer_id.as_deref().unwrap_or_default();
+    if let Err(resp) = auth::may_act_for(actor, state.agents.owner_of(&agent_id), &agent_id, claimed) {
+        return resp;
+    }
+    if let Err(e) = state.agents.heartbeat_as(hb, &actor.peer_id, now.wall) {
+        return ApiResponse::json(413, &json!({"error": e.to_string()}));
+    }
+    let skills = state.agents.skills_of(&agent_id);
+    let pending = state.tasks.claim(&agent_id, &skills, now.wall);
+    ApiResponse::ok(json!({"status": "ok", "pending_tasks": pending}))
+}
+
+/// Routes that stay open with `REST_AUTH=strict`: health, the dashboard's
+/// page and assets (the page then asks for a key), and the routes that
+/// check their own credential or hand one out.
+fn open_when_strict(seg: &[&str]) -> bool {
+    matches!(
+        seg,
+        [""] | ["dashboard.js"]
+            | ["dashboard.css"]
+            | ["healthz"]
+            | ["api", "token"]
+            | ["api", "pairing", "pair" | "generate-code"]
+    )
+}
+
+/// `POST /api/hub/tasks/{id}`: an admin, or the credential of the agent
+/// the task is assigned to (or, unassigned, addressed to). An unknown task
+/// is left to the route, which answers "not found".
+fn may_update_task(state: &mut RegistryState, req: &ApiRequest, id: &str, now: Now) -> Result<(), ApiResponse> {
+    let actor = auth::require_actor(state, req, now)?;
+    let Some(task) = state.tasks.get(id, now.wall) else { return Ok(()) };
+    if actor.admin {
+        return Ok(());
+    }
+    let agent = if task.assigned_agent_id.is_empty() { &task.target_agent_id } else { &task.assigned_agent_id };
+    let refused = || {
+        let why = format!("{} may not update a task for agent {agent:?}", actor.peer_id);
+        Err(ApiResponse::json(403, &json!({ "error": why })))
+    };
+    match state.agents.owner_of(agent) {
+        _ if agent.is_empty() => refused(),
+        Some(owner) => auth::may_act_for(&actor, Some(owner), agent, ""),
+        None if *agent == actor.peer_id => Ok(()),
+        None => refused(),
     }
 }
 

@@ -111,11 +111,10 @@
   }
   async function call(method, path, admin) {
     const headers = {};
-    if (admin) {
-      const k = getKey();
-      if (!k) throw new HttpError(0, "no admin key");
-      headers["X-API-Key"] = k;
-    }
+    const k = getKey();
+    if (admin && !k) throw new HttpError(0, "no admin key");
+    // Sent on reads too: with REST_AUTH=strict the registry needs it there.
+    if (k) headers["X-API-Key"] = k;
     const resp = await fetch(path, { method, headers, cache: "no-store", credentials: "omit" });
     const text = await resp.text();
     let body = text;
@@ -126,6 +125,9 @@
       const msg = `Admin key refused (${resp.status}, ${why}: ${errorText(body, "refused")}). It was cleared.`;
       notice(msg, true);
       throw new HttpError(resp.status, msg);
+    }
+    if (!admin && resp.status === 401) {
+      throw new HttpError(401, "this registry needs a key to read (REST_AUTH=strict): enter one above");
     }
     if (!resp.ok) throw new HttpError(resp.status, `${resp.status}: ${errorText(body, resp.statusText)}`);
     // The agent registry and task hub answer "not found" with 200 {"error"}.
