@@ -17,6 +17,7 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== core/shell boundary"
@@ -49,6 +50,10 @@ echo "== cargo test"
 cargo test --workspace --locked
 echo "== systemd units"
 systemd/verify.sh "$PWD/target/debug"
+# Every fuzz target for a few seconds from the committed seeds: they build,
+# run, and find nothing quickly (long runs: scripts/fuzz.sh TARGET SECS).
+echo "== fuzz smoke"
+scripts/fuzz.sh all "${CHATIXIA_FUZZ_SECONDS:-5}"
 # The same suite for aarch64 under qemu-user, with static binaries (installs
 # Debian's cross toolchain on first use). CHATIXIA_SKIP_QEMU=1 skips it on a
 # developer machine; CI always runs it.
