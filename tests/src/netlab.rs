@@ -958,6 +958,25 @@ impl Site {
         Sidecar::start_via(&self.inner.exec_prefix(&self.host_ns), registry.port, dir, api_key, peer_id, &all)
     }
 
+    /// Impairs everything the site's router forwards, both ways: each
+    /// packet is lost with `loss_percent` probability, else delayed by a
+    /// uniform `delay_ms` (so packets also overtake each other), by
+    /// `impair` (src/bin/impair.rs) on an NFQUEUE, which works where the
+    /// kernel has no `netem`. Lasts until the guard is dropped. Panics for
+    /// a public site.
+    pub fn impair(&self, loss_percent: f64, delay_ms: (u64, u64)) -> Impairment {
+        let router = self.router_ns.clone().unwrap_or_else(|| panic!("site {} is public: no router", self.index));
+        let queue = u16::from(self.index);
+        let mut cmd = bin_command_via(&self.inner.exec_prefix(&router), "impair");
+        cmd.args([queue.to_string(), loss_percent.to_string(), delay_ms.0.to_string(), delay_ms.1.to_string()]);
+        let proc = Proc::spawn_merged(cmd);
+        proc.wait_for_line("impair ready");
+        // Bypass: with the program gone, packets pass instead of stopping.
+        let rule = format!("FORWARD -j NFQUEUE --queue-num {queue} --queue-bypass");
+        self.inner.iptables_restore(&router, &format!("*mangle\n-I {rule}\nCOMMIT\n"), true);
+        Impairment { inner: self.inner.clone(), router, rule, _proc: proc }
+    }
+
     /// The edge's counters (see the module documentation).
     pub fn counters(&self) -> Counters {
         let edge = self.router_ns.as_ref().unwrap_or(&self.host_ns);
@@ -1315,6 +1334,21 @@ fn run_command(mut cmd: Command, what: &str, input: Option<String>) -> Result<St
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             Err(format!("{what}: no exit within {COMMAND_TIMEOUT:?}"))
         }
+    }
+}
+
+/// An impairment of a site ([`Site::impair`]); removed when dropped.
+pub struct Impairment {
+    inner: Arc<Inner>,
+    router: String,
+    rule: String,
+    _proc: Proc,
+}
+
+impl Drop for Impairment {
+    fn drop(&mut self) {
+        let rules = format!("*mangle\n-D {}\nCOMMIT\n", self.rule);
+        self.inner.iptables_restore(&self.router, &rules, true);
     }
 }
 
