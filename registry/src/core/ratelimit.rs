@@ -51,14 +51,21 @@ impl TokenBucket {
     }
 
     fn full_at(&self, rate: Rate, now: Instant) -> bool {
+        self.tokens_at(rate, now) >= rate.burst
+    }
+
+    fn tokens_at(&self, rate: Rate, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens + elapsed * rate.per_second >= rate.burst
+        (self.tokens + elapsed * rate.per_second).min(rate.burst)
     }
 }
 
 /// One bucket per key with a bounded table: when full, buckets that have
-/// refilled completely are forgotten (they carry no state), and if none has,
-/// the new key is refused rather than letting the table grow.
+/// refilled completely are forgotten (they carry no state), and if none
+/// has, the one closest to full makes room. Refusing the new key instead
+/// would let whoever fills the table with addresses lock everyone else out;
+/// what forgetting costs is a fresh burst for that address, and the global
+/// limits behind these (code checks, frames) still hold.
 pub struct KeyedLimiter<K> {
     rate: Rate,
     max_keys: usize,
@@ -78,7 +85,14 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
             let rate = self.rate;
             self.buckets.retain(|_, b| !b.full_at(rate, now));
             if self.buckets.len() >= self.max_keys {
-                return false;
+                let fullest = self
+                    .buckets
+                    .iter()
+                    .max_by(|a, b| a.1.tokens_at(rate, now).total_cmp(&b.1.tokens_at(rate, now)))
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = fullest {
+                    self.buckets.remove(&k);
+                }
             }
         }
         let rate = self.rate;
@@ -128,9 +142,26 @@ mod tests {
         let mut l = KeyedLimiter::new(rate, 2);
         assert!(l.take(&1, t0));
         assert!(l.take(&2, t0));
-        assert!(!l.take(&3, t0), "no room while both buckets hold state");
         assert!(l.take(&3, t0 + Duration::from_secs(5)));
         assert!(l.len() <= 2);
+    }
+
+    /// Whoever fills the table cannot lock out an address it has not
+    /// seen: the key closest to a full bucket makes room, and the keys that
+    /// used up their burst keep their state.
+    #[test]
+    fn a_full_table_makes_room_for_a_new_key() {
+        let t0 = Instant::now();
+        let rate = Rate::per_window(5, Duration::from_secs(60));
+        let mut l = KeyedLimiter::new(rate, 3);
+        for _ in 0..5 {
+            assert!(l.take(&"spent", t0));
+        }
+        assert!(l.take(&"a", t0));
+        assert!(l.take(&"b", t0));
+        assert!(l.take(&"newcomer", t0), "a new address is not refused");
+        assert_eq!(l.len(), 3);
+        assert!(!l.take(&"spent", t0), "the address that used its burst still has none");
     }
 
     #[test]
