@@ -4,7 +4,7 @@
 //! agent becomes commands (newline-delimited JSON, docs/PROTOCOL.md "IPC").
 //! The shell (`shell/ipc.rs`) only moves bytes between sockets and this.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
@@ -32,6 +32,11 @@ pub struct IpcConfig {
     /// Agents attached at once. Each may hold `agent_queue_bytes`, so this
     /// bounds what agents that do not read can cost together.
     pub max_agents: usize,
+    /// An agent this far behind, mostly on one peer's messages, has that
+    /// peer held back ([`AgentHub::poll_throttle`]) ...
+    pub throttle_above: usize,
+    /// ... until every agent is less than this behind on them.
+    pub release_below: usize,
 }
 
 impl Default for IpcConfig {
@@ -42,6 +47,8 @@ impl Default for IpcConfig {
             backlog_bytes: 8 << 20,
             agent_queue_bytes: 4 << 20,
             max_agents: DEFAULT_MAX_AGENTS,
+            throttle_above: 1 << 20,
+            release_below: 256 << 10,
         }
     }
 }
@@ -107,8 +114,11 @@ impl LineSplitter {
 
 #[derive(Default)]
 struct AgentQueue {
-    lines: VecDeque<Rc<str>>,
+    /// Each line with the peer whose message it carries, if any.
+    lines: VecDeque<(Rc<str>, Option<Rc<str>>)>,
     bytes: usize,
+    /// Bytes of `lines` per peer whose messages they carry.
+    by_peer: HashMap<Rc<str>, usize>,
     /// Cut off for not reading; its connection is to be closed.
     kicked: bool,
     line_waker: Option<Waker>,
@@ -121,6 +131,40 @@ impl AgentQueue {
             w.wake();
         }
     }
+
+    fn push(&mut self, line: Rc<str>, source: Option<Rc<str>>) {
+        self.bytes += line.len();
+        if let Some(peer) = &source {
+            *self.by_peer.entry(peer.clone()).or_default() += line.len();
+        }
+        self.lines.push_back((line, source));
+    }
+
+    fn pop(&mut self) -> Option<Rc<str>> {
+        let (line, source) = self.lines.pop_front()?;
+        self.bytes -= line.len();
+        if let Some(peer) = source
+            && let Some(b) = self.by_peer.get_mut(&peer)
+        {
+            *b -= line.len();
+            if *b == 0 {
+                self.by_peer.remove(&peer);
+            }
+        }
+        Some(line)
+    }
+
+    fn clear(&mut self) {
+        self.lines.clear();
+        self.by_peer.clear();
+        self.bytes = 0;
+    }
+
+    /// The peer with the most bytes waiting here, if it has over half.
+    fn dominant_peer(&self) -> Option<&Rc<str>> {
+        let (peer, bytes) = self.by_peer.iter().max_by_key(|(_, b)| **b)?;
+        (*bytes * 2 > self.bytes).then_some(peer)
+    }
 }
 
 /// Who is attached and what each still has to receive.
@@ -130,12 +174,27 @@ pub struct AgentHub {
     next_id: AgentId,
     backlog: VecDeque<Rc<str>>,
     backlog_bytes: usize,
+    /// Peers whose messages the agents are behind on: their traffic is
+    /// held back (see [`AgentHub::poll_throttle`]).
+    throttled: BTreeSet<Rc<str>>,
+    throttle_changes: VecDeque<(String, bool)>,
+    throttle_waker: Option<Waker>,
     dropped: u64,
 }
 
 impl AgentHub {
     pub fn new(config: IpcConfig) -> Self {
-        AgentHub { config, agents: BTreeMap::new(), next_id: 1, backlog: VecDeque::new(), backlog_bytes: 0, dropped: 0 }
+        AgentHub {
+            config,
+            agents: BTreeMap::new(),
+            next_id: 1,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            dropped: 0,
+            throttled: BTreeSet::new(),
+            throttle_changes: VecDeque::new(),
+            throttle_waker: None,
+        }
     }
 
     pub fn config(&self) -> &IpcConfig {
@@ -174,13 +233,12 @@ impl AgentHub {
                 count: Some(self.dropped),
                 ..Default::default()
             });
-            let line: Rc<str> = note.to_line().into();
-            q.bytes += line.len();
-            q.lines.push_back(line);
+            q.push(note.to_line().into(), None);
             self.dropped = 0;
         }
-        q.bytes += self.backlog_bytes;
-        q.lines.extend(self.backlog.drain(..));
+        for line in self.backlog.drain(..) {
+            q.push(line, None);
+        }
         self.backlog_bytes = 0;
         self.agents.insert(id, q);
         id
@@ -188,6 +246,7 @@ impl AgentHub {
 
     pub fn detach(&mut self, id: AgentId) {
         self.agents.remove(&id);
+        self.release_throttles();
     }
 
     /// Queues `event` for agent `to`, or for every agent. With none
@@ -195,15 +254,67 @@ impl AgentHub {
     /// left goes nowhere.
     pub fn deliver(&mut self, to: Option<AgentId>, event: &Event) {
         let line: Rc<str> = event.to_line().into();
+        let source: Option<Rc<str>> = match event {
+            Event::Message { from_peer, .. } => Some(from_peer.as_str().into()),
+            _ => None,
+        };
         match to {
-            Some(id) => self.push(id, line),
+            Some(id) => self.push(id, line, source),
             None if self.agents.is_empty() => self.push_backlog(line),
             None => {
                 let ids: Vec<AgentId> = self.agents.keys().copied().collect();
                 for id in ids {
-                    self.push(id, line.clone());
+                    self.push(id, line.clone(), source.clone());
                 }
             }
+        }
+    }
+
+    /// The next change of which peers to hold back: `(peer, true)` once an
+    /// agent has fallen behind by [`IpcConfig::throttle_above`] bytes,
+    /// mostly of that peer's messages; `(peer, false)` once every agent
+    /// has caught up to [`IpcConfig::release_below`] of them. Meanwhile
+    /// the mesh drops that peer's DataChannel packets, so its SCTP slows
+    /// down and its agent gets `backpressure`, while the other peers'
+    /// messages keep flowing: one peer cannot cost an agent the others'
+    /// messages, or its connection. Registers `cx` for the next change.
+    pub fn poll_throttle(&mut self, cx: &mut Context<'_>) -> Poll<(String, bool)> {
+        match self.throttle_changes.pop_front() {
+            Some(change) => Poll::Ready(change),
+            None => {
+                self.throttle_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Like [`AgentHub::poll_throttle`], for whoever just caused the change.
+    pub fn take_throttle(&mut self) -> Option<(String, bool)> {
+        self.throttle_changes.pop_front()
+    }
+
+    fn change_throttle(&mut self, peer: &str, on: bool) {
+        self.throttle_changes.push_back((peer.to_owned(), on));
+        if let Some(w) = self.throttle_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Lifts the throttles of peers the agents have caught up with.
+    fn release_throttles(&mut self) {
+        if self.throttled.is_empty() {
+            return;
+        }
+        let below = self.config.release_below;
+        let caught_up: Vec<Rc<str>> = self
+            .throttled
+            .iter()
+            .filter(|p| self.agents.values().map(|q| q.by_peer.get(*p).copied().unwrap_or(0)).sum::<usize>() < below)
+            .cloned()
+            .collect();
+        for peer in caught_up {
+            self.throttled.remove(&peer);
+            self.change_throttle(&peer, false);
         }
     }
 
@@ -214,9 +325,9 @@ impl AgentHub {
         if q.kicked {
             return Poll::Ready(None);
         }
-        match q.lines.pop_front() {
+        match q.pop() {
             Some(line) => {
-                q.bytes -= line.len();
+                self.release_throttles();
                 Poll::Ready(Some(line))
             }
             None => {
@@ -237,7 +348,7 @@ impl AgentHub {
         }
     }
 
-    fn push(&mut self, id: AgentId, line: Rc<str>) {
+    fn push(&mut self, id: AgentId, line: Rc<str>, source: Option<Rc<str>>) {
         let limit = self.config.agent_queue_bytes;
         let Some(q) = self.agents.get_mut(&id) else { return };
         if q.kicked {
@@ -246,17 +357,22 @@ impl AgentHub {
         if q.bytes + line.len() > limit && !q.lines.is_empty() {
             log::warn!("agent {id} is not reading its events ({} bytes waiting); disconnecting it", q.bytes);
             q.kicked = true;
-            q.lines.clear();
-            q.bytes = 0;
+            q.clear();
             q.wake();
             if let Some(w) = q.kick_waker.take() {
                 w.wake();
             }
+            self.release_throttles();
             return;
         }
-        q.bytes += line.len();
-        q.lines.push_back(line);
+        q.push(line, source);
         q.wake();
+        if q.bytes > self.config.throttle_above
+            && let Some(peer) = q.dominant_peer().cloned()
+            && self.throttled.insert(peer.clone())
+        {
+            self.change_throttle(&peer, true);
+        }
     }
 
     fn push_backlog(&mut self, line: Rc<str>) {
@@ -342,6 +458,58 @@ mod tests {
 
     fn connected(peer: &str) -> Event {
         Event::PeerConnected { peer_id: peer.into() }
+    }
+
+    fn message_from(peer: &str, bytes: usize) -> Event {
+        let message = chatixia_protocol::mesh::MeshMessage::new("m", "", serde_json::json!("x".repeat(bytes)));
+        Event::Message { from_peer: peer.into(), message }
+    }
+
+    /// One peer's flood makes the agents fall behind: that peer, and only
+    /// that one, is held back until they catch up; the others' messages
+    /// stay queued and nobody is disconnected.
+    #[test]
+    fn a_peer_the_agents_fall_behind_on_is_held_back_until_they_catch_up() {
+        let config = IpcConfig { throttle_above: 10_000, release_below: 3_000, ..IpcConfig::default() };
+        let mut hub = AgentHub::new(config);
+        let slow = hub.attach();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(hub.poll_throttle(&mut cx), Poll::Pending);
+        hub.deliver(None, &message_from("calm", 100));
+        for _ in 0..12 {
+            hub.deliver(None, &message_from("flood", 1_000));
+        }
+        assert_eq!(hub.poll_throttle(&mut cx), Poll::Ready(("flood".to_owned(), true)));
+        assert_eq!(hub.poll_throttle(&mut cx), Poll::Pending, "reported once");
+        hub.deliver(None, &message_from("calm", 100));
+        // Reading the backlog down lifts it, once.
+        let mut read = Vec::new();
+        let mut released = None;
+        while let Poll::Ready(Some(line)) = hub.poll_line(slow, &mut cx) {
+            read.push(line);
+            if let Poll::Ready(change) = hub.poll_throttle(&mut cx) {
+                assert!(released.is_none());
+                released = Some((change, read.len()));
+            }
+        }
+        assert_eq!(read.len(), 14, "nothing lost, the calm peer's messages included");
+        let ((peer, on), at) = released.expect("released");
+        assert_eq!((peer.as_str(), on), ("flood", false));
+        assert!((10..14).contains(&at), "released once under 3,000 bytes of the flood were left: after {at}");
+        assert!(!hub.agents[&slow].kicked);
+    }
+
+    #[test]
+    fn a_peer_held_back_for_an_agent_that_leaves_is_released() {
+        let config = IpcConfig { throttle_above: 10_000, release_below: 3_000, ..IpcConfig::default() };
+        let mut hub = AgentHub::new(config);
+        let a = hub.attach();
+        for _ in 0..12 {
+            hub.deliver(None, &message_from("flood", 1_000));
+        }
+        assert_eq!(hub.take_throttle(), Some(("flood".to_owned(), true)));
+        hub.detach(a);
+        assert_eq!(hub.take_throttle(), Some(("flood".to_owned(), false)));
     }
 
     #[test]

@@ -190,6 +190,9 @@ pub struct Mesh {
     noisy: LogBudget,
     /// Offers answered per peer.
     offers: OfferLimit,
+    /// Peers whose messages the agents are behind on: their DTLS packets
+    /// are dropped until the agents catch up (see `handle_peer_throttle`).
+    throttled: BTreeSet<String>,
     shutting_down: bool,
 }
 
@@ -214,6 +217,7 @@ impl Mesh {
             last_now: now,
             noisy: LogBudget::new(),
             offers: OfferLimit::new(),
+            throttled: BTreeSet::new(),
             unpolled: false,
             shutting_down: false,
         }
@@ -471,11 +475,34 @@ impl Mesh {
                     .or_else(|| self.conns.iter().position(known))
             });
         match idx {
+            // Records of the channel (DTLS: first byte 20-63) from a held
+            // back peer go unread, as if lost: its SCTP retransmits later
+            // and slows down. ICE checks still pass, so the link lives.
+            Some(idx)
+                if bytes.first().is_some_and(|b| (20..=63).contains(b))
+                    && self.throttled.contains(&self.conns[idx].peer) => {}
             Some(idx) => {
                 self.conns[idx].link.handle_receive(now, source, destination, bytes);
                 self.defer_pump(idx);
             }
             None => log::trace!("dropping {} byte datagram from {source}: no link claims it", bytes.len()),
+        }
+    }
+
+    /// The agents are behind on `peer`'s messages (`on`), or caught up:
+    /// hold its DataChannel traffic back, or let it flow again.
+    pub fn handle_peer_throttle(&mut self, peer: &str, on: bool) {
+        let changed = if on {
+            self.throttled.len() < MAX_LISTED && self.throttled.insert(peer.to_owned())
+        } else {
+            self.throttled.remove(peer)
+        };
+        if changed {
+            if on {
+                log::info!("holding back {peer}: the agents are behind on its messages");
+            } else {
+                log::info!("no longer holding back {peer}");
+            }
         }
     }
 

@@ -186,6 +186,13 @@ impl Node {
         self.mesh.handle_datagram(now, source, destination, bytes);
     }
 
+    /// The agents fell behind on `peer`'s messages, or caught up (from
+    /// [`crate::core::ipc::AgentHub::poll_throttle`]).
+    pub fn handle_peer_throttle(&mut self, peer: &str, on: bool, now: Instant) {
+        self.touch(now);
+        self.mesh.handle_peer_throttle(peer, on);
+    }
+
     /// Bytes read from a TURN stream.
     pub fn handle_stream_data(&mut self, stream: StreamId, bytes: &[u8], now: Instant) {
         self.touch(now);

@@ -262,6 +262,8 @@ enum Wake {
     Signaling(SignalingEvent),
     Looked(Answer),
     Stream((StreamId, StreamEvent)),
+    /// The agents fell behind on a peer's messages, or caught up.
+    Throttle((String, bool)),
     Stop,
 }
 
@@ -287,6 +289,7 @@ impl Driver {
                 armed = Some(wake_at);
             }
             let udp = &self.udp;
+            let hub = &self.hub;
             // Biased towards the first that is ready. Signaling before
             // commands: a command must see the registry state that was
             // already reported.
@@ -304,6 +307,10 @@ impl Driver {
                 async { inputs.lookups.recv().await.map_or(Wake::Stop, Wake::Looked) },
                 async { inputs.streams.recv().await.map_or(Wake::Stop, Wake::Stream) },
                 async {
+                    let change = std::future::poll_fn(|cx| hub.borrow_mut().poll_throttle(cx)).await;
+                    Wake::Throttle(change)
+                },
+                async {
                     let _ = inputs.stop.recv().await;
                     Wake::Stop
                 },
@@ -318,6 +325,7 @@ impl Driver {
                 Wake::Stream((stream, event)) => self.on_stream(stream, event, now),
                 Wake::Timer => armed = None,
                 Wake::Socket => {}
+                Wake::Throttle((peer, on)) => self.node.handle_peer_throttle(&peer, on, now),
             }
             self.flush();
             self.service(&inputs);
@@ -488,7 +496,13 @@ impl Driver {
                         log::debug!("signaling queue full; dropping TURN bytes for the registry's relay");
                     }
                 }
-                NodeOutput::Event { to, event } => self.hub.borrow_mut().deliver(to, &event),
+                NodeOutput::Event { to, event } => {
+                    self.hub.borrow_mut().deliver(to, &event);
+                    // Held back at once, before the next datagram of the peer.
+                    while let Some((peer, on)) = self.hub.borrow_mut().take_throttle() {
+                        self.node.handle_peer_throttle(&peer, on, Instant::now());
+                    }
+                }
                 NodeOutput::StreamOpen { stream, server, tls_name } => self.open_stream(stream, server, tls_name),
                 NodeOutput::StreamSend { stream, contents } => {
                     let stuck = self.streams.get(&stream).is_some_and(|w| w.try_send(contents).is_err());
