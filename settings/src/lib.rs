@@ -7,6 +7,7 @@
 //! both daemons share.
 
 pub mod durable;
+pub mod log_budget;
 pub mod systemd;
 pub mod text;
 
@@ -193,11 +194,12 @@ pub fn daemon_settings(program: &str, about: &str, settings: &[Setting]) -> Resu
             return Err(std::process::ExitCode::from(2));
         }
     };
-    env_logger::Builder::new()
+    let logger = env_logger::Builder::new()
         .parse_filters(QUIET_DEPENDENCIES)
         .parse_filters(resolved.get("RUST_LOG").unwrap_or("info"))
         .format_timestamp_millis()
-        .init();
+        .build();
+    log_budget::Limited::install(logger);
     Ok(resolved)
 }
 
