@@ -50,7 +50,9 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
 -Cllvm-args=-sanitizer-coverage-trace-compares"
 out=target/fuzz
 echo "== building the fuzz targets"
-cargo build --release --locked --manifest-path fuzz/Cargo.toml --target "$host" --target-dir "$out" --bins
+# Not --locked: fuzz/ is its own workspace, so a dependency added to a
+# daemon changes fuzz/Cargo.lock too; cargo adds only what is missing.
+cargo build --release --manifest-path fuzz/Cargo.toml --target "$host" --target-dir "$out" --bins
 
 failed=()
 summary=()
