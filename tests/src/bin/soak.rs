@@ -337,6 +337,11 @@ fn agent(me: usize, node: Arc<Node>, n: usize, interval: Duration, stop: &Atomic
                     std::thread::spawn(move || read_events(reader, &log));
                 }
             });
+            if conn.is_none() {
+                // The sidecar is restarting: attach as soon as it is back.
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
         }
         if sending.load(Ordering::SeqCst)
             && let Some(stream) = conn.as_mut()
@@ -440,9 +445,11 @@ fn connected_since(node: &Node, peer: usize, since: Instant) -> bool {
     log.links.iter().rev().find(|(p, _, _)| *p == peer).is_some_and(|&(_, up, at)| up && at >= since)
 }
 
-/// Node `i`, restarted at `at`, has links to everyone again, both ways.
+/// Node `i`, restarted at `at`, has links to everyone again: every other
+/// node's agent saw it connect. (Its own agent re-attaches first, which
+/// says more about the test's agent than about the sidecar.)
 fn relinked(nodes: &[Arc<Node>], i: usize, at: Instant) -> bool {
-    (0..nodes.len()).filter(|&j| j != i).all(|j| connected_since(&nodes[i], j, at) && connected_since(&nodes[j], i, at))
+    (0..nodes.len()).filter(|&j| j != i).all(|j| connected_since(&nodes[j], i, at))
 }
 
 /// After node `i`'s address changed at `at`: how long until a message sent
