@@ -10,6 +10,7 @@ pub mod durable;
 pub mod log_budget;
 pub mod systemd;
 pub mod text;
+pub mod window;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

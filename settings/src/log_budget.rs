@@ -5,6 +5,7 @@
 //! note then says how many were held back. Our own code limits its
 //! network-triggered warnings itself, so its lines always pass.
 
+use crate::window::Window;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -14,10 +15,10 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// Crates tracked; more are not limited (there are far fewer).
 const CRATES: usize = 64;
 
-/// Per crate: when its window started, lines written in it, lines held back.
+/// Per crate, the lines of its current window.
 #[derive(Default)]
 pub struct Budgets {
-    crates: HashMap<String, (Instant, u32, u64)>,
+    crates: HashMap<String, Window>,
 }
 
 impl Budgets {
@@ -31,17 +32,7 @@ impl Budgets {
         if !self.crates.contains_key(krate) && self.crates.len() >= CRATES {
             return Some(0);
         }
-        let (start, used, held) = self.crates.entry(krate.to_owned()).or_insert((now, 0, 0));
-        if now.saturating_duration_since(*start) >= WINDOW {
-            *start = now;
-            *used = 0;
-        }
-        if *used >= LINES {
-            *held += 1;
-            return None;
-        }
-        *used += 1;
-        Some(std::mem::take(held))
+        self.crates.entry(krate.to_owned()).or_default().take(LINES, WINDOW, now)
     }
 }
 

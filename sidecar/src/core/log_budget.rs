@@ -3,43 +3,27 @@
 //! watches. A few lines per window go out; the rest are counted and the
 //! count rides along on the next line that does.
 
+use chatixia_settings::window::Window;
 use std::time::{Duration, Instant};
 
 /// Lines per window, then silence until the window ends.
 const LINES: u32 = 10;
 const WINDOW: Duration = Duration::from_secs(60);
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct LogBudget {
-    window_start: Option<Instant>,
-    used: u32,
-    suppressed: u64,
-}
-
-impl Default for LogBudget {
-    fn default() -> Self {
-        Self::new()
-    }
+    lines: Window,
 }
 
 impl LogBudget {
     pub fn new() -> Self {
-        LogBudget { window_start: None, used: 0, suppressed: 0 }
+        Self::default()
     }
 
     /// `Some(note)` when a line may be written at `now`; `note` is empty or
     /// says how many were held back since the last one.
     pub fn allow(&mut self, now: Instant) -> Option<String> {
-        if self.window_start.is_none_or(|start| now.saturating_duration_since(start) >= WINDOW) {
-            self.window_start = Some(now);
-            self.used = 0;
-        }
-        if self.used >= LINES {
-            self.suppressed += 1;
-            return None;
-        }
-        self.used += 1;
-        let note = match std::mem::take(&mut self.suppressed) {
+        let note = match self.lines.take(LINES, WINDOW, now)? {
             0 => String::new(),
             n => format!(" ({n} similar lines suppressed before this one)"),
         };

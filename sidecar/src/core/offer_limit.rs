@@ -3,6 +3,7 @@
 //! floods offers would otherwise make us spend the registry's frame limit
 //! on our side too, and a legitimate newcomer would wait behind it.
 
+use chatixia_settings::window::Window;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,8 @@ const PEERS: usize = 1024;
 
 #[derive(Debug, Default)]
 pub struct OfferLimit {
-    /// Per peer: when its window started and offers answered in it.
-    windows: BTreeMap<String, (Instant, u32)>,
+    /// Per peer, the offers of its current window.
+    windows: BTreeMap<String, Window>,
 }
 
 impl OfferLimit {
@@ -26,24 +27,16 @@ impl OfferLimit {
 
     /// Whether an offer from `peer` at `now` may be answered (and counts it).
     pub fn allow(&mut self, peer: &str, now: Instant) -> bool {
-        if let Some((start, count)) = self.windows.get_mut(peer) {
-            if now.saturating_duration_since(*start) >= WINDOW {
-                *start = now;
-                *count = 0;
-            }
-            *count += 1;
-            return *count <= OFFERS;
-        }
-        if self.windows.len() >= PEERS {
-            self.windows.retain(|_, (start, _)| now.saturating_duration_since(*start) < WINDOW);
+        if !self.windows.contains_key(peer) && self.windows.len() >= PEERS {
+            let current = |w: &Window| w.start().is_some_and(|s| now.saturating_duration_since(s) < WINDOW);
+            self.windows.retain(|_, w| current(w));
             if self.windows.len() >= PEERS
-                && let Some(oldest) = self.windows.iter().min_by_key(|(_, (start, _))| *start).map(|(p, _)| p.clone())
+                && let Some(oldest) = self.windows.iter().min_by_key(|(_, w)| w.start()).map(|(p, _)| p.clone())
             {
                 self.windows.remove(&oldest);
             }
         }
-        self.windows.insert(peer.to_owned(), (now, 1));
-        true
+        self.windows.entry(peer.to_owned()).or_default().take(OFFERS, WINDOW, now).is_some()
     }
 }
 
