@@ -489,10 +489,8 @@ impl TaskHub {
         if self.bytes + need <= self.limits.max_bytes {
             return true;
         }
-        let mut finished: Vec<(f64, String)> =
-            self.tasks.values().filter(|t| t.is_final()).map(|t| (t.updated_at, t.id.clone())).collect();
-        finished.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        for (_, id) in finished {
+        let finished = self.finished_oldest_first();
+        for id in finished {
             if self.bytes + need <= self.limits.max_bytes {
                 break;
             }
@@ -540,16 +538,22 @@ impl TaskHub {
         }
     }
 
+    /// Ids of the finished tasks, earliest finished first (id breaks ties).
+    fn finished_oldest_first(&self) -> Vec<String> {
+        let mut finished: Vec<(f64, &String)> =
+            self.tasks.values().filter(|t| t.is_final()).map(|t| (t.updated_at, &t.id)).collect();
+        finished.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        finished.into_iter().map(|(_, id)| id.clone()).collect()
+    }
+
     /// Forgets the earliest-finished tasks beyond [`Limits::max_finished`].
     fn trim_finished(&mut self) -> bool {
         if self.finished <= self.limits.max_finished {
             return false;
         }
-        let mut finished: Vec<(f64, String)> =
-            self.tasks.values().filter(|t| t.is_final()).map(|t| (t.updated_at, t.id.clone())).collect();
-        finished.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        let finished = self.finished_oldest_first();
         let excess = finished.len().saturating_sub(self.limits.max_finished);
-        for (_, id) in finished.iter().take(excess) {
+        for id in finished.iter().take(excess) {
             if let Some(t) = self.tasks.remove(id) {
                 self.bytes -= t.stored_bytes();
             }
