@@ -303,16 +303,17 @@ impl AgentRegistry {
         self.agents.is_empty()
     }
 
-    /// `POST /api/registry/agents`: the body replaces everything the agent
-    /// told us before and counts as a heartbeat. `registered_at` stays the
-    /// time we first saw the agent (the original reset it on every POST,
-    /// which made it useless).
+    /// [`AgentRegistry::upsert_as`] by nobody in particular (unit tests).
+    #[cfg(test)]
     pub fn upsert(&mut self, info: AgentInfo, now: SystemTime) -> Result<(), TooLarge> {
         self.upsert_as(info, "", now)
     }
 
-    /// [`AgentRegistry::upsert`] by the credential of peer `owner`, which
-    /// becomes the record's owner if it creates it.
+    /// `POST /api/registry/agents` by the credential of peer `owner`, which
+    /// becomes the record's owner if it creates it: the body replaces
+    /// everything the agent told us before and counts as a heartbeat.
+    /// `registered_at` stays the time we first saw the agent (the original
+    /// reset it on every POST, which made it useless).
     pub fn upsert_as(&mut self, info: AgentInfo, owner: &str, now: SystemTime) -> Result<(), TooLarge> {
         let size = info.stored_bytes();
         if size > MAX_AGENT_BYTES {
@@ -332,13 +333,15 @@ impl AgentRegistry {
         Some(if e.info.sidecar_peer_id.is_empty() { &e.owner } else { &e.info.sidecar_peer_id })
     }
 
-    /// `POST /api/hub/heartbeat`: creates an unknown agent, otherwise
-    /// refreshes it and overwrites only the fields the heartbeat carries.
+    /// [`AgentRegistry::heartbeat_as`] by nobody in particular (unit tests).
+    #[cfg(test)]
     pub fn heartbeat(&mut self, hb: Heartbeat, now: SystemTime) -> Result<(), TooLarge> {
         self.heartbeat_as(hb, "", now)
     }
 
-    /// [`AgentRegistry::heartbeat`] by the credential of peer `owner`.
+    /// `POST /api/hub/heartbeat` by the credential of peer `owner`: creates
+    /// an unknown agent (owned by `owner`), otherwise refreshes it and
+    /// overwrites only the fields the heartbeat carries.
     pub fn heartbeat_as(&mut self, hb: Heartbeat, owner: &str, now: SystemTime) -> Result<(), TooLarge> {
         let (info, registered_at, owner) = match self.agents.get(&hb.agent_id) {
             Some(entry) => {
