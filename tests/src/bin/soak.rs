@@ -503,13 +503,9 @@ struct Sample {
 }
 
 fn sample(registry: &Mutex<Registry>, nodes: &[Arc<Node>]) -> Sample {
-    let mut usage = vec![usage(&registry.lock().unwrap().proc)];
-    usage.extend(nodes.iter().map(|n| usage_of(&n.sidecar.lock().unwrap())));
-    Sample { at: Instant::now(), usage }
-}
-
-fn usage_of(s: &Sidecar) -> Option<Usage> {
-    usage(&s.proc)
+    let mut all = vec![usage(&registry.lock().unwrap().proc)];
+    all.extend(nodes.iter().map(|n| usage(&n.sidecar.lock().unwrap().proc)));
+    Sample { at: Instant::now(), usage: all }
 }
 
 fn panics(registry: &Mutex<Registry>, nodes: &[Arc<Node>]) -> Vec<String> {
