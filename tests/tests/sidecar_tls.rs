@@ -65,12 +65,12 @@ fn two_sidecars_mesh_through_an_https_and_wss_registry() {
         let failed = log.contains("token exchange with") || log.contains("signaling connection to");
         assert!(!failed, "{name} had a failed registry connection:\n{log}");
     }
-    // TLS adds no thread (docs/ARCHITECTURE.md, single-threaded): main + async-io once the short-lived
+    // TLS adds no thread (docs/ARCHITECTURE.md, single-threaded): one thread once the short-lived
     // token-request thread is gone. Not under an emulator, whose own
     // threads would show in /proc.
     if std::env::var("CHATIXIA_BIN_RUNNER").unwrap_or_default().is_empty() {
         for proc in [&alpha.proc, &bravo.proc] {
-            assert_eq!(settled_thread_count(proc.child.id()), 2, "{}", proc.log());
+            assert_eq!(settled_thread_count(proc.child.id()), 1, "{}", proc.log());
         }
     }
 }
@@ -81,7 +81,7 @@ fn two_sidecars_mesh_through_an_https_and_wss_registry() {
 fn settled_thread_count(pid: u32) -> usize {
     let count = || std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task").count();
     let deadline = std::time::Instant::now() + chatixia_e2e::TIMEOUT;
-    while count() > 2 && std::time::Instant::now() < deadline {
+    while count() > 1 && std::time::Instant::now() < deadline {
         std::thread::yield_now();
     }
     count()

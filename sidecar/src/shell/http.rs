@@ -6,7 +6,7 @@
 //! own so the event loop never waits on the network. Not `smol::unblock`:
 //! the `blocking` crate (1.7) keeps an idle pool thread for good — its exit
 //! test `Some(thread_count) > thread_limit` never holds below the 500-thread
-//! limit — which would break the two-thread steady state of docs/ARCHITECTURE.md, single-threaded. A
+//! limit — which would break the one-thread steady state (docs/ARCHITECTURE.md, single-threaded). A
 //! thread per request (one every few seconds at worst, each bounded by the
 //! request timeout) exits when the request is done.
 //!
@@ -21,8 +21,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::reactor::Async;
 use futures_lite::{AsyncRead, AsyncWrite};
-use smol::Async;
 
 use super::tls::{self, Tls};
 use crate::core::urls::check_url;
@@ -273,7 +273,7 @@ mod tests {
         let untrusting = Tls::with_roots(Vec::new()).unwrap();
         for host in ["127.0.0.1", "localhost"] {
             let (port, server) = tls_echo_once();
-            let echoed = smol::block_on(async {
+            let echoed = crate::shell::reactor::block_on(async {
                 let mut s = connect_stream(host, port, Some(&trusting)).await.unwrap();
                 assert!(matches!(s, Stream::Tls(_)));
                 s.write_all(b"hello\n").await.unwrap();
@@ -286,7 +286,9 @@ mod tests {
         }
 
         let (port, server) = tls_echo_once();
-        let err = smol::block_on(connect_stream("127.0.0.1", port, Some(&untrusting))).map(|_| ()).unwrap_err();
+        let err = crate::shell::reactor::block_on(connect_stream("127.0.0.1", port, Some(&untrusting)))
+            .map(|_| ())
+            .unwrap_err();
         assert!(err.contains("invalid peer certificate") && err.contains("UnknownIssuer"), "{err}");
         assert!(server.join().unwrap().is_err(), "the server saw the client give up");
     }
@@ -333,14 +335,14 @@ mod tests {
             timeout: Duration::from_secs(10),
             tls: None,
         };
-        let (status, body) = smol::block_on(send(request.clone())).unwrap();
+        let (status, body) = crate::shell::reactor::block_on(send(request.clone())).unwrap();
         assert_eq!((status, body.as_slice()), (200, &b"{\"a\":\"ok\"}"[..]));
         let req = server.join().unwrap();
         assert!(req.starts_with("POST /api/token?x=1 HTTP/1.1\r\n"), "{req}");
         assert!(req.to_ascii_lowercase().contains("\r\nx-api-key: k-1\r\n"), "{req}");
 
         let evil = Request { header: Some(("X-API-Key", "a\r\nX-Evil: 1".into())), ..request };
-        let err = smol::block_on(send(evil)).unwrap_err();
+        let err = crate::shell::reactor::block_on(send(evil)).unwrap_err();
         assert!(err.contains("line breaks"), "{err}");
     }
 

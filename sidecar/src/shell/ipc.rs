@@ -8,9 +8,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use async_executor::LocalExecutor;
 use chatixia_protocol::ipc::{Command, Event};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use smol::{Async, LocalExecutor};
+
+use super::reactor::{Async, Timer};
 
 use crate::core::ipc::{AgentHub, AgentId, LineSplitter, interpret};
 
@@ -73,7 +75,7 @@ pub async fn serve(
                     // against a kernel that says otherwise.
                     let write = async { (&stream).write_all(line.as_bytes()).await.ok() };
                     futures_lite::future::or(write, async {
-                        smol::Timer::after(std::time::Duration::from_secs(1)).await;
+                        Timer::after(std::time::Duration::from_secs(1)).await;
                         None
                     })
                     .await;
@@ -88,7 +90,7 @@ pub async fn serve(
             Err(e) => {
                 // Usually EMFILE: back off instead of spinning.
                 log::warn!("IPC accept failed: {e}");
-                smol::Timer::after(std::time::Duration::from_millis(100)).await;
+                Timer::after(std::time::Duration::from_millis(100)).await;
             }
         }
     }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod interfaces;
 pub mod ipc;
 pub mod pair;
+mod reactor;
 pub mod signaling;
 mod signals;
 pub mod tls;
@@ -28,9 +29,10 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_executor::LocalExecutor;
 use chatixia_protocol::ipc::Command;
 use chatixia_settings::systemd::{self, Notifier};
-use smol::{LocalExecutor, Timer};
+use reactor::Timer;
 
 use crate::core::ipc::{AgentHub, AgentId, IpcConfig};
 use crate::core::mesh::{MeshConfig, RegistryState};
@@ -96,10 +98,12 @@ pub struct ShellConfig {
 
 /// Runs the sidecar until SIGTERM or SIGINT.
 pub fn run(config: ShellConfig) -> Result<(), String> {
+    // First: every thread started later inherits the blocked signals.
+    let signals = signals::install()?;
     let mut notifier = Notifier::from_env();
     // Bound before the registry is contacted, so an agent can attach at once.
     let ipc_socket = IpcSocket::bind(&config.ipc_socket)?;
-    let listener = smol::Async::new(ipc_socket.listener.try_clone().map_err(|e| e.to_string())?)
+    let listener = reactor::Async::new(ipc_socket.listener.try_clone().map_err(|e| e.to_string())?)
         .map_err(|e| format!("IPC socket: {e}"))?;
     log::info!("IPC socket listening at {}", ipc_socket.path().display());
 
@@ -128,7 +132,6 @@ pub fn run(config: ShellConfig) -> Result<(), String> {
         "UDP port {port}; host candidates: {}",
         host_candidates.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
     );
-    let signals = signals::install()?;
 
     let node_config = NodeConfig {
         mesh: MeshConfig { seed: fastrand::u64(..), ..config.mesh },
@@ -157,7 +160,7 @@ pub fn run(config: ShellConfig) -> Result<(), String> {
 
     let tls = config.signaling.tls.clone();
     let ex = Rc::new(LocalExecutor::new());
-    smol::block_on(ex.run(async {
+    reactor::block_on(ex.run(async {
         ex.spawn(ipc::serve(ex.clone(), listener, hub.clone(), cmd_tx)).detach();
         let signaling = ex.spawn(signaling::run(config.signaling, sig_tx, out_rx));
         ex.spawn(async move {
@@ -272,9 +275,8 @@ impl Driver {
         let watchdog = systemd::watchdog_interval();
         let mut next_watchdog = watchdog.map(|w| Instant::now() + w);
         let mut timer = Timer::never();
-        // Re-arming an async-io timer wakes the reactor (an eventfd write,
-        // a spurious epoll return, a timerfd update), so it is re-armed only
-        // when the deadline moves or after it fired.
+        // Re-filed with the reactor only when the deadline moves or after
+        // it fired, not at every wake.
         let mut armed: Option<Instant> = None;
         let epoch = Instant::now();
         let mut last_status = (RegistryState::Down, 0);

@@ -10,12 +10,12 @@
 
 use std::time::{Duration, Instant};
 
+use super::reactor::Timer;
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use chatixia_protocol::claims::TokenResponse;
 use futures_lite::StreamExt;
-use smol::Timer;
 
 use super::http::{self, Stream};
 use super::tls::Tls;
@@ -415,14 +415,17 @@ mod tests {
     fn token_exchange_reports_unreachable_registries() {
         // Port 9 (discard) on loopback: nothing listens there in a sandbox.
         let key = Credential::ApiKey("k".into());
-        let err = smol::block_on(exchange_token("http://127.0.0.1:9/api/token", &key, None)).unwrap_err();
+        let err =
+            crate::shell::reactor::block_on(exchange_token("http://127.0.0.1:9/api/token", &key, None)).unwrap_err();
         assert!(matches!(err, TokenError::Other(_)), "{err:?}");
         // https without trust roots is refused before anything is sent.
-        let err = smol::block_on(exchange_token("https://127.0.0.1:9/api/token", &key, None)).unwrap_err();
+        let err =
+            crate::shell::reactor::block_on(exchange_token("https://127.0.0.1:9/api/token", &key, None)).unwrap_err();
         assert!(matches!(&err, TokenError::Other(m) if m.contains("needs TLS trust roots")), "{err:?}");
         // With roots it is tried (and fails to connect, as plain http did).
         let tls = Tls::with_roots(Vec::new()).unwrap();
-        let err = smol::block_on(exchange_token("https://127.0.0.1:9/api/token", &key, Some(&tls))).unwrap_err();
+        let err = crate::shell::reactor::block_on(exchange_token("https://127.0.0.1:9/api/token", &key, Some(&tls)))
+            .unwrap_err();
         assert!(matches!(&err, TokenError::Other(m) if !m.contains("trust roots")), "{err:?}");
     }
 
@@ -430,7 +433,7 @@ mod tests {
     fn wss_to_a_server_that_is_not_tls_fails_cleanly() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let err = smol::block_on(async {
+        let err = crate::shell::reactor::block_on(async {
             let server = std::thread::spawn(move || {
                 let (mut s, _) = listener.accept().unwrap();
                 // Not a TLS server at all: the client must report it.
@@ -442,7 +445,7 @@ mod tests {
             r.map(|_| ()).unwrap_err()
         });
         assert!(err.contains("TLS handshake with 127.0.0.1:") && err.contains("failed"), "{err}");
-        let err = smol::block_on(connect("wss://127.0.0.1:9/ws", "t", None)).map(|_| ()).unwrap_err();
+        let err = crate::shell::reactor::block_on(connect("wss://127.0.0.1:9/ws", "t", None)).map(|_| ()).unwrap_err();
         assert!(err.contains("needs TLS trust roots"), "{err}");
     }
 }

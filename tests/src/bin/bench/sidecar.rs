@@ -162,13 +162,13 @@ fn second_start(report: &mut Report) -> Result<(), String> {
         "second sidecar start -> peer_connected, median",
         report::percentile(&at_first, 50.0) as f64,
         Unit::Ms,
-        Budget::AtMost(50e6),
+        Budget::AtMost(15e6),
     );
     report.figure(
         "second sidecar start -> peer_connected, slowest of 20",
         *at_first.last().unwrap_or(&0) as f64,
         Unit::Ms,
-        Budget::AtMost(200e6),
+        Budget::AtMost(100e6),
     );
     report.note(&format!(
         "from spawning the second process to the FIRST sidecar's agent reading peer_connected; {STARTS} starts, \
@@ -236,11 +236,11 @@ fn mesh(report: &mut Report, opts: &Options) -> Result<(), String> {
     let pid = procs[0].child.id();
     std::thread::sleep(SETTLE);
     let rss = report::rss_bytes(pid)?;
-    report.figure("sidecar RSS with 10 open peers", rss as f64, Unit::MiB, Budget::AtMost(8.0 * MIB));
+    report.figure("sidecar RSS with 10 open peers", rss as f64, Unit::MiB, Budget::AtMost(6.0 * MIB));
     report.note("bench-s00 of the 11-sidecar mesh, 500 ms after its agent saw all 10 peer_connected, no traffic yet");
     report.note(&report::rss_breakdown(pid)?);
     let threads = report::threads(pid)?;
-    report.figure("sidecar threads, steady state", threads as f64, Unit::Count("threads"), Budget::Exactly(2.0));
+    report.figure("sidecar threads, steady state", threads as f64, Unit::Count("threads"), Budget::Exactly(1.0));
     report.note(&format!(
         "/proc/PID/task of bench-s00 with 10 open peers, no traffic: {}",
         report::thread_names(pid).join(", ")
@@ -258,7 +258,7 @@ fn mesh(report: &mut Report, opts: &Options) -> Result<(), String> {
         &format!("sidecar idle CPU over {} s with 10 idle peers", span.as_secs()),
         percent,
         Unit::Percent("of one core"),
-        Budget::AtMost(0.1),
+        Budget::AtMost(0.05),
     );
     report.note(&format!(
         "utime+stime of bench-s00 from /proc/PID/stat: {} ms in {:.1} s (clock-tick resolution 10 ms){}",
@@ -279,13 +279,13 @@ fn mesh(report: &mut Report, opts: &Options) -> Result<(), String> {
         "IPC -> DataChannel -> IPC round trip A->B->A, p50",
         report::percentile(&echo, 50.0) as f64,
         Unit::Us,
-        Budget::AtMost(250e3),
+        Budget::AtMost(150e3),
     );
     report.figure(
         "IPC -> DataChannel -> IPC round trip A->B->A, p99",
         report::percentile(&echo, 99.0) as f64,
         Unit::Us,
-        Budget::AtMost(1e6),
+        Budget::AtMost(500e3),
     );
     report.note(&format!(
         "{} round trips, one in flight: A's agent sends to B, B's agent echoes it with `send`, A's agent reads it \
@@ -313,7 +313,7 @@ fn mesh(report: &mut Report, opts: &Options) -> Result<(), String> {
         "DataChannel one-way throughput, 16 KiB messages",
         bulk.bytes_per_sec / 1e6,
         Unit::PerSec("MB"),
-        Budget::AtLeast(40.0),
+        Budget::AtLeast(60.0),
     );
     for note in &bulk.notes {
         report.note(note);
