@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# Builds the Debian package for arm64 (chatixia-mesh-edge_<version>_arm64.deb
-# in dist/) from the static binaries of build.sh, the systemd units and the
-# example configuration, then checks its contents and runs the packaged
-# binaries under qemu. Uses dpkg-deb only: nothing to install beyond what
-# build.sh needs.
+# Builds the Debian packages for arm64 and armhf
+# (chatixia-mesh-edge_<version>_<arch>.deb in dist/) from the static binaries
+# of build.sh, the systemd units and the example configuration, then checks
+# their contents and runs the packaged binaries under qemu. Uses dpkg-deb
+# only: nothing to install beyond what build.sh needs.
+#
+#   cross/package.sh [arm64|armhf ...]     default: both
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${SKIP_BUILD:-}" = 1 ] || cross/build.sh
+[ $# -gt 0 ] || set -- arm64 armhf
+if [ $# -gt 1 ]; then
+    for one in "$@"; do SKIP_BUILD=1 "$0" "$one"; done
+    exit 0
+fi
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-arch=arm64
-bins=dist/aarch64-unknown-linux-gnu
+arch=$1
+case "$arch" in
+    arm64) bins=dist/aarch64-unknown-linux-gnu file_arch="ARM aarch64" qemu=qemu-aarch64-static ;;
+    armhf) bins=dist/armv7-unknown-linux-gnueabihf file_arch="32-bit LSB.*ARM" qemu=qemu-arm-static ;;
+    *) echo "usage: cross/package.sh [arm64|armhf ...]" >&2; exit 2 ;;
+esac
+[ -x "$bins/chatixia-sidecar" ] || { echo "no $arch binaries in $bins (cross/build.sh)" >&2; exit 1; }
 pkg=chatixia-mesh-edge
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -80,8 +92,8 @@ done
 unpacked=$stage/unpacked
 dpkg-deb --extract "$deb" "$unpacked"
 for bin in chatixia-registry chatixia-sidecar; do
-    file "$unpacked/usr/bin/$bin" | grep -q "ARM aarch64.*statically linked" ||
-        { echo "$bin is not a static aarch64 binary" >&2; exit 1; }
-    timeout 60 qemu-aarch64-static "$unpacked/usr/bin/$bin" --help | head -1
+    file "$unpacked/usr/bin/$bin" | grep -q "$file_arch.*statically linked" ||
+        { echo "$bin is not a static $arch binary" >&2; exit 1; }
+    timeout 60 "$qemu" "$unpacked/usr/bin/$bin" --help | head -1
 done
 echo "== package OK"

@@ -237,21 +237,25 @@ pub fn thread_cpu() -> Duration {
 
 /// Raises the soft open-files limit to at least `wanted` (within the hard
 /// limit); children inherit it. Returns the soft limit now in force.
+// rlim_t is u32 on 32-bit ARM, u64 elsewhere: the conversions are not
+// useless everywhere.
+#[allow(clippy::useless_conversion)]
 pub fn raise_nofile(wanted: u64) -> Result<u64, String> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a valid, writable rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
     }
-    if lim.rlim_cur >= wanted {
-        return Ok(lim.rlim_cur);
+    if u64::from(lim.rlim_cur) >= wanted {
+        return Ok(lim.rlim_cur.into());
     }
+    let wanted = libc::rlim_t::try_from(wanted).unwrap_or(libc::rlim_t::MAX);
     let raised = libc::rlimit { rlim_cur: wanted.min(lim.rlim_max), rlim_max: lim.rlim_max };
     // SAFETY: `raised` is a valid rlimit within the hard limit.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
         return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
     }
-    Ok(raised.rlim_cur)
+    Ok(raised.rlim_cur.into())
 }
 
 /// Percentile `p` (0..=100) of sorted values, nearest rank.
