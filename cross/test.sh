@@ -19,7 +19,7 @@ ensure_toolchain "$armhf"
 cross_env
 if [ "$arch" = armv7 ] && ! have_arch_std armhf; then
     echo "armv7: Debian's libstd-rust-web-dev:armhf is not installable here" >&2
-    exit 1
+    exit 3
 fi
 start=$(date +%s)
 echo "== building the workspace for $target (profile qemu)"
