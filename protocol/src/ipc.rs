@@ -4,6 +4,7 @@
 use crate::mesh::{MeshMessage, PathReport};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
 /// Commands an agent sends. Parsed by [`Command::parse`], which names the
@@ -21,8 +22,10 @@ pub enum Command {
 struct RawCommand {
     #[serde(rename = "type")]
     kind: String,
+    /// Parsed once, by the command's own type below: a tree of it first would
+    /// cost as much as the whole message again.
     #[serde(default)]
-    payload: Value,
+    payload: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -56,18 +59,19 @@ impl Command {
             command: Some(raw.kind.clone()),
             message: format!("bad payload for {}: {e}", raw.kind),
         };
+        let payload = raw.payload.as_deref().map_or("null", RawValue::get);
         match raw.kind.as_str() {
             "send" => {
-                let p: SendPayload = serde_json::from_value(raw.payload.clone()).map_err(fail)?;
+                let p: SendPayload = serde_json::from_str(payload).map_err(fail)?;
                 Ok(Command::Send { target_peer: p.target_peer, message: p.message })
             }
             "broadcast" => {
-                let p: BroadcastPayload = serde_json::from_value(raw.payload.clone()).map_err(fail)?;
+                let p: BroadcastPayload = serde_json::from_str(payload).map_err(fail)?;
                 Ok(Command::Broadcast { message: p.message })
             }
             "list_peers" => Ok(Command::ListPeers),
             "connect" => {
-                let p: ConnectPayload = serde_json::from_value(raw.payload.clone()).map_err(fail)?;
+                let p: ConnectPayload = serde_json::from_str(payload).map_err(fail)?;
                 Ok(Command::Connect { target_peer_id: p.target_peer_id })
             }
             "status" => Ok(Command::Status),

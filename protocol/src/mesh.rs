@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Label of the DataChannel the offerer creates.
 pub const DATA_CHANNEL_LABEL: &str = "mesh";
@@ -45,7 +46,56 @@ pub struct MeshMessage {
     #[serde(default)]
     pub target_agent: String,
     #[serde(default)]
-    pub payload: Value,
+    pub payload: Payload,
+}
+
+/// A message's `payload` as the JSON text its sender wrote. Sidecars only
+/// carry it from one agent to another, so it is checked to be JSON but never
+/// built into a tree and written out again (on a 16 KiB message that was
+/// most of the sidecar's own work per message); it reaches the other agent
+/// byte for byte.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Payload(Box<RawValue>);
+
+impl Payload {
+    pub fn null() -> Payload {
+        Payload(RawValue::from_string("null".to_owned()).expect("null is JSON"))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Payload {
+        serde_json::value::to_raw_value(&value).map(Payload).unwrap_or_else(|_| Payload::null())
+    }
+}
+
+impl Default for Payload {
+    fn default() -> Payload {
+        Payload::null()
+    }
+}
+
+/// Equal when the JSON texts are: `{"a":1}` and `{ "a": 1 }` differ.
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
 }
 
 impl MeshMessage {
@@ -55,7 +105,7 @@ impl MeshMessage {
             request_id: request_id.to_owned(),
             source_agent: String::new(),
             target_agent: String::new(),
-            payload,
+            payload: payload.into(),
         }
     }
 
@@ -68,6 +118,18 @@ impl MeshMessage {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_payload_passes_through_byte_for_byte_and_must_be_json() {
+        let text = r#"{"type":"t","payload":{"z": [1.0e3, "\u00e9"], "a":null}}"#;
+        let m: MeshMessage = serde_json::from_str(text).unwrap();
+        assert_eq!(m.payload.get(), r#"{"z": [1.0e3, "\u00e9"], "a":null}"#);
+        assert!(m.to_json().ends_with(r#","payload":{"z": [1.0e3, "\u00e9"], "a":null}}"#), "{}", m.to_json());
+        assert_eq!(m.payload.to_value(), json!({"a": null, "z": [1000.0, "é"]}));
+        assert!(serde_json::from_str::<MeshMessage>(r#"{"type":"t","payload":{"a":}}"#).is_err());
+        let absent: MeshMessage = serde_json::from_str(r#"{"type":"t"}"#).unwrap();
+        assert_eq!(absent.payload.get(), "null");
+    }
 
     #[test]
     fn fills_defaults_and_emits_all_five_keys() {

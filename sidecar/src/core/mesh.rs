@@ -1690,7 +1690,7 @@ mod tests {
             request_id: "p-1".into(),
             source_agent: "agent-a".into(),
             target_agent: "agent-b".into(),
-            payload: json!({"t": 5}),
+            payload: json!({"t": 5}).into(),
         };
         w.command("alpha", Command::Send { target_peer: "bravo".into(), message: ping });
         assert!(w.run_until(Duration::from_secs(1), |w| w.messages("alpha").len() == 1));
