@@ -3,7 +3,6 @@
 
 use crate::mesh::{MeshMessage, PathReport};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
@@ -149,7 +148,7 @@ pub struct StatusEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     #[test]
     fn parses_compatible_commands() {
