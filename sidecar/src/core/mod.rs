@@ -14,6 +14,7 @@
 //! (answers, log lines) bounded.
 
 pub mod backoff;
+pub mod dtls;
 pub mod ipc;
 pub mod log_budget;
 pub mod mesh;

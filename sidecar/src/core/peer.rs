@@ -971,7 +971,8 @@ impl PeerLink {
             .clear_codecs()
             .set_stats_interval(Some(STATS_INTERVAL))
             .set_sctp_max_message_size(u32::try_from(receive_limit).unwrap_or(u32::MAX))
-            .set_sctp_max_buffered_amount(SCTP_SEND_BUFFER.max(limit));
+            .set_sctp_max_buffered_amount(SCTP_SEND_BUFFER.max(limit))
+            .set_crypto_provider(super::dtls::crypto_provider());
         if let Some(rto) = config.max_stun_rto {
             builder.set_max_stun_rto(rto);
         }
