@@ -113,6 +113,9 @@ async fn agent(
                 Ok(n) => n,
                 Err(e) => return format!("read failed: {e}"),
             };
+            // A short read emptied the socket: the next bytes come with an
+            // edge of their own, so no read that can only say "nothing yet".
+            let emptied = n < buf.len();
             splitter.push(&buf[..n], &mut lines);
             for line in lines.drain(..) {
                 match interpret(line, limit) {
@@ -123,6 +126,9 @@ async fn agent(
                     }
                     Err(error) => hub.borrow_mut().deliver(Some(id), &Event::Error(*error)),
                 }
+            }
+            if emptied && let Err(e) = stream.readable().await {
+                return format!("waiting to read failed: {e}");
             }
         }
     };

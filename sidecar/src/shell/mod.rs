@@ -326,7 +326,7 @@ impl Driver {
                 Wake::Looked((id, results)) => self.node.handle_lookup(id, results, now),
                 Wake::Stream((stream, event)) => self.on_stream(stream, event, now),
                 Wake::Timer => armed = None,
-                Wake::Socket => {}
+                Wake::Socket => self.drain_socket(),
                 Wake::Throttle((peer, on)) => self.node.handle_peer_throttle(&peer, on, now),
             }
             self.flush();
@@ -347,7 +347,9 @@ impl Driver {
 
     /// Whatever woke us, everything else that is ready gets its turn too.
     fn service(&mut self, inputs: &Inputs<'_>) {
-        self.drain_socket();
+        if self.udp.take_readable() {
+            self.drain_socket();
+        }
         let now = Instant::now();
         if self.node.poll_timeout() <= now {
             self.node.handle_timeout(now);
@@ -447,18 +449,27 @@ impl Driver {
             .detach();
     }
 
+    /// Reads until the socket is empty or [`DATAGRAM_BATCH`] were read; in
+    /// that case it stays marked readable, for the next round.
     fn drain_socket(&mut self) {
+        let mut emptied = false;
         for _ in 0..DATAGRAM_BATCH {
             match self.udp.recv(&mut self.buf) {
                 Ok(Recv::Datagram(d)) => {
                     self.node.handle_datagram(Instant::now(), d.source, d.destination, &self.buf[..d.len]);
                 }
                 Ok(Recv::Skipped) => {}
-                Ok(Recv::Empty) => break,
+                Ok(Recv::Empty) => {
+                    emptied = true;
+                    break;
+                }
                 // ICMP errors of earlier sends surface here; they concern
                 // one peer, not the socket.
                 Err(e) => log::debug!("UDP receive: {e}"),
             }
+        }
+        if !emptied {
+            self.udp.mark_readable();
         }
         // The core polls the links fed above once, for the whole batch.
         self.flush();

@@ -1,20 +1,22 @@
 //! The sidecar's event loop on the one thread that runs it: sockets and
-//! timers are waited for with `polling` (smol's epoll layer) inside
-//! [`block_on`], so a wake-up goes from the kernel straight to the thread
-//! that handles it.
+//! timers are waited for with epoll inside [`block_on`], so a wake-up goes
+//! from the kernel straight to the thread that handles it.
 //!
 //! Why not async-io (smol's reactor): it always starts an "async-io" helper
 //! thread that takes turns with the executor thread at waiting in epoll, so
-//! about every other wake-up crossed threads through a futex (~100 µs of an
-//! IPC round trip on a small board) and the process never had fewer than
-//! two threads. Here there is exactly one waiter; other threads (name
+//! about every other wake-up crossed threads through a futex, and the
+//! process never had fewer than two threads. Here there is exactly one waiter; other threads (name
 //! lookups, HTTP requests, the first certificate) only wake it through the
-//! poller's notification when it sleeps. docs/ARCHITECTURE.md has the
-//! threads of the sidecar.
+//! eventfd when it sleeps. docs/ARCHITECTURE.md has the threads of the
+//! sidecar.
 //!
-//! Readiness is one-shot: a source is armed for a direction only while a
-//! task waits on it, and a wake-up may be spurious, so every operation is a
-//! "try, and wait for readiness on `WouldBlock`" loop.
+//! Why not smol's `polling` under our own loop (tried first): it arms
+//! sources one-shot (an `epoll_ctl` per wait) and times waits with a timerfd
+//! (two more calls per wait, plus one for its notifier): about a dozen
+//! system calls per message hop where this takes three or four. Here
+//! sources are registered once, edge-triggered, and timeouts are epoll's
+//! own milliseconds. A wake-up may be spurious, so every operation is a
+//! "try, and wait for an edge on `WouldBlock`" loop.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -30,19 +32,22 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use polling::{Event, Events, Poller};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 /// Readiness events taken per wait; more simply wait for the next round.
 const EVENTS_PER_WAIT: usize = 64;
+/// The epoll key of the [`Alarm`]'s eventfd; sources count up from 0.
+const ALARM_KEY: u64 = u64::MAX;
 
 thread_local! {
     static REACTOR: RefCell<Reactor> = RefCell::new(Reactor::new());
 }
 
 /// Wakes the thread in [`block_on`]; the one waker that may be called from
-/// other threads, so it only touches atomics and the poller.
+/// other threads, so it only touches atomics and the eventfd.
 struct Alarm {
-    poller: Arc<Poller>,
+    eventfd: EventFd,
     woken: AtomicBool,
     sleeping: AtomicBool,
 }
@@ -56,7 +61,7 @@ impl Wake for Alarm {
         // Only a sleeping loop needs the system call; an awake one looks at
         // `woken` before it sleeps (both orders are sequentially consistent).
         if !self.woken.swap(true, Ordering::SeqCst) && self.sleeping.load(Ordering::SeqCst) {
-            let _ = self.poller.notify();
+            let _ = self.eventfd.write(1);
         }
     }
 }
@@ -64,10 +69,9 @@ impl Wake for Alarm {
 #[derive(Default)]
 struct Direction {
     waker: Option<Waker>,
-    /// An event came since the last wait on this direction.
+    /// The kernel reported readiness since the last attempt in this
+    /// direction.
     ready: bool,
-    /// Registered with the poller for this direction.
-    armed: bool,
 }
 
 #[derive(Default)]
@@ -76,7 +80,18 @@ struct Source {
     write: Direction,
 }
 
+impl Source {
+    fn direction(&mut self, write: bool) -> &mut Direction {
+        if write { &mut self.write } else { &mut self.read }
+    }
+}
+
+/// Sources are registered once, edge-triggered, for both directions: no
+/// system call to arm or re-arm them. An edge comes with every change (new
+/// bytes, room to write), so an attempt that ends in `WouldBlock` is always
+/// followed by an event when it is worth trying again.
 struct Reactor {
+    epoll: Epoll,
     alarm: Arc<Alarm>,
     sources: Vec<Option<Source>>,
     free: Vec<usize>,
@@ -86,9 +101,14 @@ struct Reactor {
 
 impl Reactor {
     fn new() -> Reactor {
-        let poller = Arc::new(Poller::new().expect("cannot create an epoll instance"));
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("cannot create an epoll instance");
+        let eventfd =
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).expect("cannot create an eventfd");
+        let edge = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+        epoll.add(&eventfd, EpollEvent::new(edge, ALARM_KEY)).expect("cannot watch the eventfd");
         Reactor {
-            alarm: Arc::new(Alarm { poller, woken: AtomicBool::new(false), sleeping: AtomicBool::new(false) }),
+            epoll,
+            alarm: Arc::new(Alarm { eventfd, woken: AtomicBool::new(false), sleeping: AtomicBool::new(false) }),
             sources: Vec::new(),
             free: Vec::new(),
             timers: BTreeMap::new(),
@@ -96,15 +116,10 @@ impl Reactor {
         }
     }
 
-    fn poller(&self) -> &Poller {
-        &self.alarm.poller
-    }
-
-    fn insert(&mut self, fd: &impl AsRawFd) -> io::Result<usize> {
+    fn insert(&mut self, fd: impl AsFd) -> io::Result<usize> {
         let key = self.free.pop().unwrap_or(self.sources.len());
-        // SAFETY: the source is deleted from the poller in `Async::drop`,
-        // before the descriptor it owns is closed.
-        unsafe { self.poller().add(fd.as_raw_fd(), Event::none(key))? };
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
+        self.epoll.add(fd, EpollEvent::new(flags, key as u64))?;
         if key == self.sources.len() {
             self.sources.push(Some(Source::default()));
         } else {
@@ -114,14 +129,20 @@ impl Reactor {
     }
 
     fn remove(&mut self, key: usize, fd: impl AsFd) {
-        let _ = self.poller().delete(fd);
+        let _ = self.epoll.delete(fd);
         self.sources[key] = None;
         self.free.push(key);
     }
 
-    fn poll_ready(&mut self, key: usize, fd: impl AsFd, write: bool, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(source) = self.sources[key].as_mut() else { return Poll::Ready(Ok(())) };
-        let dir = if write { &mut source.write } else { &mut source.read };
+    fn source(&mut self, key: usize) -> Option<&mut Source> {
+        self.sources.get_mut(key).and_then(Option::as_mut)
+    }
+
+    /// Ready when readiness was reported since the last attempt; else the
+    /// task waits for the next edge.
+    fn poll_ready(&mut self, key: usize, write: bool, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(source) = self.source(key) else { return Poll::Ready(Ok(())) };
+        let dir = source.direction(write);
         if std::mem::take(&mut dir.ready) {
             return Poll::Ready(Ok(()));
         }
@@ -129,24 +150,27 @@ impl Reactor {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => dir.waker = Some(cx.waker().clone()),
         }
-        if !dir.armed {
-            dir.armed = true;
-            let interest = Event::new(key, source.read.armed, source.write.armed);
-            if let Err(e) = self.poller().modify(fd, interest) {
-                return Poll::Ready(Err(e));
-            }
-        }
         Poll::Pending
     }
 
-    /// One-shot: the poller disarmed the whole source, so a task waiting on
-    /// the other direction is woken too, to arm it again.
-    fn deliver(&mut self, event: &Event, wakers: &mut Vec<Waker>) {
-        let Some(Some(source)) = self.sources.get_mut(event.key) else { return };
-        for (dir, happened) in [(&mut source.read, event.readable), (&mut source.write, event.writable)] {
-            dir.armed = false;
-            dir.ready |= happened;
-            wakers.extend(dir.waker.take());
+    fn set_ready(&mut self, key: usize, write: bool, ready: bool) {
+        if let Some(source) = self.source(key) {
+            source.direction(write).ready = ready;
+        }
+    }
+
+    fn deliver(&mut self, event: &EpollEvent, wakers: &mut Vec<Waker>) {
+        let Ok(key) = usize::try_from(event.data()) else { return };
+        let Some(source) = self.source(key) else { return };
+        let flags = event.events();
+        let failed = flags.intersects(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP);
+        let readable = failed || flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLPRI);
+        let writable = failed || flags.contains(EpollFlags::EPOLLOUT);
+        for (dir, happened) in [(&mut source.read, readable), (&mut source.write, writable)] {
+            if happened {
+                dir.ready = true;
+                wakers.extend(dir.waker.take());
+            }
         }
     }
 
@@ -162,10 +186,24 @@ impl Reactor {
             wakers.push(entry.remove());
         }
     }
+
+    fn next_timer_id(&mut self) -> u64 {
+        self.next_timer += 1;
+        self.next_timer
+    }
 }
 
 fn with<R>(f: impl FnOnce(&mut Reactor) -> R) -> R {
     REACTOR.with(|r| f(&mut r.borrow_mut()))
+}
+
+/// epoll counts in whole milliseconds: rounded up, so a timer never fires
+/// early (and at most a millisecond late).
+fn wait_for(deadline: Option<Instant>, now: Instant) -> EpollTimeout {
+    let Some(deadline) = deadline else { return EpollTimeout::NONE };
+    let nanos = deadline.saturating_duration_since(now).as_nanos();
+    let millis = nanos.div_ceil(1_000_000);
+    EpollTimeout::try_from(millis).unwrap_or(EpollTimeout::MAX)
 }
 
 /// Runs `future` to completion on this thread, waiting for sockets and
@@ -175,7 +213,7 @@ pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     let waker = Waker::from(alarm.clone());
     let mut cx = Context::from_waker(&waker);
     let mut future = pin!(future);
-    let mut events = Events::with_capacity(EVENTS_PER_WAIT.try_into().expect("not zero"));
+    let mut events = [EpollEvent::empty(); EVENTS_PER_WAIT];
     let mut wakers = Vec::new();
     loop {
         alarm.woken.store(false, Ordering::SeqCst);
@@ -185,26 +223,34 @@ pub fn block_on<T>(future: impl Future<Output = T>) -> T {
         alarm.sleeping.store(true, Ordering::SeqCst);
         let timeout = if alarm.woken.load(Ordering::SeqCst) {
             // Woken while polling: look for I/O without sleeping.
-            Some(Duration::ZERO)
+            EpollTimeout::ZERO
         } else {
-            with(|r| r.next_deadline()).map(|at| at.saturating_duration_since(Instant::now()))
+            wait_for(with(|r| r.next_deadline()), Instant::now())
         };
-        events.clear();
-        let waited = alarm.poller.wait(&mut events, timeout);
+        let waited = with(|r| r.epoll.wait(&mut events, timeout));
         alarm.sleeping.store(false, Ordering::SeqCst);
-        if let Err(e) = waited
-            && e.kind() != io::ErrorKind::Interrupted
-        {
-            log::error!("waiting for events failed: {e}");
-        }
+        let count = match waited {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(e) => {
+                log::error!("waiting for events failed: {e}");
+                0
+            }
+        };
         with(|r| {
-            for event in events.iter() {
-                r.deliver(&event, &mut wakers);
+            for event in &events[..count] {
+                if event.data() == ALARM_KEY {
+                    // Emptied so the counter never fills; edge-triggered,
+                    // every later write is an event again anyway.
+                    let _ = r.alarm.eventfd.read();
+                } else {
+                    r.deliver(event, &mut wakers);
+                }
             }
             r.fire_timers(Instant::now(), &mut wakers);
         });
-        // Outside the borrow: a waker may poll nothing, but it may drop a
-        // task whose sources deregister.
+        // Outside the borrow: waking may drop a task whose sources then
+        // deregister.
         for waker in wakers.drain(..) {
             waker.wake();
         }
@@ -243,7 +289,7 @@ impl<T: NonBlocking> Async<T> {
 impl<T: AsFd> Async<T> {
     /// For descriptors that are non-blocking already.
     pub fn registered(inner: T) -> io::Result<Async<T>> {
-        let key = with(|r| r.insert(&inner.as_fd()))?;
+        let key = with(|r| r.insert(inner.as_fd()))?;
         Ok(Async { key, inner: Some(inner) })
     }
 
@@ -252,10 +298,23 @@ impl<T: AsFd> Async<T> {
     }
 
     fn poll_ready(&self, write: bool, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        with(|r| r.poll_ready(self.key, self.get_ref(), write, cx))
+        with(|r| r.poll_ready(self.key, write, cx))
     }
 
-    /// Resolves when the descriptor may be readable (or spuriously).
+    /// Forgets reported readiness: call before an attempt to read, so that
+    /// only an edge after it counts.
+    pub fn clear_readable(&self) -> bool {
+        with(|r| r.source(self.key).is_some_and(|s| std::mem::take(&mut s.read.ready)))
+    }
+
+    /// Says there may be more to read (an attempt stopped early), so the
+    /// next [`Self::readable`] resolves at once.
+    pub fn mark_readable(&self) {
+        with(|r| r.set_ready(self.key, false, true));
+    }
+
+    /// Resolves when the descriptor has become readable since the last
+    /// attempt (or spuriously).
     pub async fn readable(&self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_ready(false, cx)).await
     }
@@ -267,6 +326,7 @@ impl<T: AsFd> Async<T> {
     /// Retries `op` until it does not say `WouldBlock`.
     pub async fn read_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
         loop {
+            self.clear_readable();
             match op(self.get_ref()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable().await?,
                 result => return result,
@@ -322,6 +382,8 @@ fn poll_io<T: AsFd, R>(
     mut op: impl FnMut(&T) -> io::Result<R>,
 ) -> Poll<io::Result<R>> {
     loop {
+        // Only an edge after this attempt means trying again can help.
+        with(|r| r.set_ready(this.key, write, false));
         match op(this.get_ref()) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => match this.poll_ready(write, cx) {
                 Poll::Ready(Ok(())) => continue,
@@ -410,13 +472,6 @@ impl Timer {
         if let Some(filed) = self.filed.take() {
             let _ = REACTOR.try_with(|r| r.borrow_mut().timers.remove(&(filed, self.id)));
         }
-    }
-}
-
-impl Reactor {
-    fn next_timer_id(&mut self) -> u64 {
-        self.next_timer += 1;
-        self.next_timer
     }
 }
 

@@ -78,9 +78,21 @@ impl UdpPort {
         self.dual_stack
     }
 
-    /// Resolves once a datagram may be waiting.
+    /// Resolves once a datagram may be waiting: one came since the last
+    /// [`Self::take_readable`] or [`Self::readable`], or a drain stopped
+    /// early ([`Self::mark_readable`]).
     pub async fn readable(&self) {
         let _ = self.socket.readable().await;
+    }
+
+    /// Whether a datagram may be waiting, without a system call; forgets it.
+    pub fn take_readable(&self) -> bool {
+        self.socket.clear_readable()
+    }
+
+    /// A drain stopped before the socket was empty: it is readable still.
+    pub fn mark_readable(&self) {
+        self.socket.mark_readable();
     }
 
     /// Sends without waiting; UDP is lossy anyway and ICE, DTLS and SCTP
