@@ -16,6 +16,16 @@ pub type ConnId = u64;
 
 /// "Is this peer_id allowed in the mesh right now?" Fed by the API keys and
 /// the pairing store; asked at every decision, never cached.
+/// Tables this small are never shrunk: growing them back costs more than
+/// they hold.
+const SPARE_FLOOR: usize = 64;
+
+fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > SPARE_FLOOR && map.capacity() > 4 * map.len() {
+        map.shrink_to_fit();
+    }
+}
+
 pub trait Authorize {
     fn is_authorized(&self, peer_id: &str) -> bool;
 }
@@ -251,8 +261,16 @@ impl Hub {
         }
     }
 
-    /// Pings due connections and closes silent ones.
+    /// Pings due connections and closes silent ones; tables that a crowd
+    /// of connections grew give their spare room back once it has left.
     pub fn handle_tick(&mut self, now: Instant) {
+        shrink_if_sparse(&mut self.conns);
+        shrink_if_sparse(&mut self.by_peer);
+        shrink_if_sparse(&mut self.mesh_status);
+        shrink_if_sparse(&mut self.mesh_paths);
+        if self.outputs.is_empty() && self.outputs.capacity() > SPARE_FLOOR {
+            self.outputs = VecDeque::new();
+        }
         for (&id, c) in self.conns.iter_mut() {
             if now.saturating_duration_since(c.last_seen) >= self.config.idle_timeout {
                 log::info!("closing connection {id} of {}: silent for {:?}", c.peer_id, self.config.idle_timeout);
@@ -580,6 +598,22 @@ mod tests {
         assert_eq!(out[0], HubOutput::Close { conn: 2, code: 1008, reason: "too slow" });
         assert_eq!(out.len(), 2, "the queued frame stays behind the close: {out:?}");
         assert_eq!(hub.stats.drops["slow_consumer"], 1);
+    }
+
+    #[test]
+    fn tables_a_crowd_grew_shrink_at_the_tick_after_it_left() {
+        let names: Vec<String> = (0..2000).map(|i| format!("p{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (mut hub, authz, t0) = setup(&refs, &refs[..1]);
+        for conn in 2..=2000 {
+            hub.handle_disconnect(conn, &authz);
+        }
+        drain(&mut hub);
+        assert!(hub.conns.capacity() >= 2000 && hub.by_peer.capacity() >= 2000);
+        hub.handle_tick(t0 + Duration::from_secs(1));
+        assert!(hub.conns.capacity() <= SPARE_FLOOR && hub.by_peer.capacity() <= SPARE_FLOOR);
+        assert_eq!(hub.connection_count(), 1);
+        assert_eq!(hub.outputs.capacity(), 0);
     }
 
     #[test]

@@ -306,6 +306,7 @@ impl Drop for SocketGuard {
 /// service restarted.
 async fn tick_loop(shared: Rc<Shared>, mut notifier: Notifier) {
     let every = watchdog_interval().map_or(TICK, |w| w.min(TICK));
+    let mut since_trim = 0;
     loop {
         Timer::after(every).await;
         shared.registry.borrow_mut().handle_tick(now());
@@ -313,10 +314,20 @@ async fn tick_loop(shared: Rc<Shared>, mut notifier: Notifier) {
         notifier.watchdog();
         let connections = shared.registry.borrow().connection_count();
         notifier.status(format!("{connections} signaling connections"));
+        // After a fleet left, the registry gives back what its connections
+        // had used, instead of keeping the peak resident for good.
+        since_trim = since_trim.max(connections);
+        if since_trim >= connections + TRIM_AFTER_CLOSED {
+            shared.conns.borrow_mut().shrink_to_fit();
+            chatixia_settings::release_free_memory();
+            since_trim = connections;
+        }
     }
 }
 
 const TICK: Duration = Duration::from_secs(5);
+/// Connections closed since the highest count before memory is trimmed.
+const TRIM_AFTER_CLOSED: usize = 256;
 
 async fn wait_for_shutdown(shared: &Shared, mut signals: async_signal::Signals) {
     use futures_lite::StreamExt;
