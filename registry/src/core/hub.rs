@@ -87,6 +87,9 @@ pub struct Hub {
     /// whether that path goes through a TURN relay.
     mesh_paths: HashMap<String, BTreeMap<String, bool>>,
     outputs: VecDeque<HubOutput>,
+    /// Peers whose connection ended, not yet announced (see
+    /// [`Hub::handle_departures`]).
+    departed: Vec<String>,
     pub stats: HubStats,
 }
 
@@ -100,6 +103,7 @@ impl Hub {
             mesh_status: HashMap::new(),
             mesh_paths: HashMap::new(),
             outputs: VecDeque::new(),
+            departed: Vec::new(),
             stats: HubStats::default(),
         }
     }
@@ -153,7 +157,8 @@ impl Hub {
     }
 
     /// The connection is gone. Only the peer's current connection counts:
-    /// closing a replaced socket never removes its successor.
+    /// closing a replaced socket never removes its successor. Its departure
+    /// is announced by the next [`Hub::handle_departures`].
     pub fn handle_disconnect(&mut self, conn: ConnId, authz: &dyn Authorize) {
         let Some(c) = self.conns.remove(&conn) else { return };
         if self.by_peer.get(&c.peer_id) != Some(&conn) {
@@ -163,7 +168,32 @@ impl Hub {
         self.mesh_status.remove(&c.peer_id);
         self.mesh_paths.remove(&c.peer_id);
         if authz.is_authorized(&c.peer_id) {
-            self.announce_left(&c.peer_id, authz);
+            self.departed.push(c.peer_id);
+        }
+    }
+
+    /// Whether departures wait to be announced.
+    pub fn has_departures(&self) -> bool {
+        !self.departed.is_empty()
+    }
+
+    /// Announces the departures since the last call to whoever is
+    /// connected now. The shell calls it at once for a lone departure and
+    /// at most every 200 ms (docs/PROTOCOL.md, "Leaving"): when a crowd
+    /// leaves together (a gateway's uplink drops), announcing each
+    /// departure at once to everyone still on the list cost n²/2 frames,
+    /// mostly to sockets that were closing too (10,000 clients: about a
+    /// minute of the registry's loop). A peer that
+    /// is connected again by then is not announced: its new connection's
+    /// offers replace the old links, as when a connection is replaced.
+    pub fn handle_departures(&mut self, authz: &dyn Authorize) {
+        let mut departed = std::mem::take(&mut self.departed);
+        departed.sort_unstable();
+        departed.dedup();
+        for peer in departed {
+            if !self.by_peer.contains_key(&peer) {
+                self.announce_left(&peer, authz);
+            }
         }
     }
 
@@ -559,9 +589,12 @@ mod tests {
     fn leaving_peer_is_announced_to_authorized_peers_only() {
         let (mut hub, authz, _) = setup(&["a", "b", "x"], &["a", "b"]);
         hub.handle_disconnect(1, &authz);
+        assert!(drain(&mut hub).is_empty(), "announced by handle_departures");
+        hub.handle_departures(&authz);
         let out = sent(&drain(&mut hub));
         assert_eq!(out, vec![(2, json!({"type":"peer_left","peer_id":"registry","payload":{"peer_id":"a"}}))]);
         hub.handle_disconnect(3, &authz);
+        hub.handle_departures(&authz);
         assert!(drain(&mut hub).is_empty(), "an unauthorized peer was never visible");
         assert_eq!(hub.connected_peers(), vec!["b".to_owned()]);
     }
@@ -598,6 +631,27 @@ mod tests {
         assert_eq!(out[0], HubOutput::Close { conn: 2, code: 1008, reason: "too slow" });
         assert_eq!(out.len(), 2, "the queued frame stays behind the close: {out:?}");
         assert_eq!(hub.stats.drops["slow_consumer"], 1);
+    }
+
+    #[test]
+    fn a_crowd_that_leaves_together_is_not_announced_to_itself() {
+        let names: Vec<String> = (0..100).map(|i| format!("p{i:03}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (mut hub, authz, t0) = setup(&refs, &refs);
+        // All but p000 leave; p001 comes back before the announcement.
+        for conn in 2..=100 {
+            hub.handle_disconnect(conn, &authz);
+        }
+        hub.handle_connect(200, &id("p001"), &authz, t0);
+        drain(&mut hub);
+        hub.handle_departures(&authz);
+        let out = sent(&drain(&mut hub));
+        // 98 announcements to p000, 98 to p001's new connection; nothing of p001.
+        assert_eq!(out.len(), 2 * 98, "{out:?}");
+        assert!(out.iter().all(|(c, m)| (*c == 1 || *c == 200) && m["payload"]["peer_id"] != "p001"));
+        assert!(!hub.has_departures());
+        hub.handle_departures(&authz);
+        assert!(drain(&mut hub).is_empty());
     }
 
     #[test]

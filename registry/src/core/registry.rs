@@ -218,6 +218,18 @@ impl Registry {
         }
     }
 
+    /// Whether departures wait to be announced: the shell then calls
+    /// [`Registry::handle_departures`] a moment later.
+    pub fn has_departures(&self) -> bool {
+        self.state.hub.has_departures()
+    }
+
+    /// Announces the peers that left since the last call (docs/PROTOCOL.md, "Leaving").
+    pub fn handle_departures(&mut self) {
+        let (hub, authz) = self.state.hub_with_authz();
+        hub.handle_departures(&authz);
+    }
+
     /// The shell could not queue a frame for `conn`: its client stopped
     /// reading.
     pub fn handle_slow_consumer(&mut self, conn: ConnId) {
@@ -834,6 +846,8 @@ mod tests {
         assert_eq!(metric(&mut r, "chatixia_dropped_frames_total{reason=\"slow_consumer\"}"), 1);
 
         r.handle_ws_closed(1);
+        assert!(r.has_departures());
+        r.handle_departures();
         assert_eq!(
             sent_to(&outputs(&mut r), 2),
             [json!({"type": "peer_left", "peer_id": "registry", "payload": {"peer_id": "alpha"}})]

@@ -91,9 +91,33 @@ struct Shared {
     /// Writers of the relay's TCP connections.
     relay_streams: RefCell<HashMap<u64, async_channel::Sender<Vec<u8>>>>,
     next_relay_stream: Cell<u64>,
+    /// Wakes [`departures_loop`].
+    departures: (async_channel::Sender<()>, async_channel::Receiver<()>),
+    /// When departures were last announced.
+    departures_announced: Cell<Option<Instant>>,
 }
 
 impl Shared {
+    /// A peer left: announced at once, unless departures were announced
+    /// less than [`DEPARTURE_DELAY`] ago; then [`departures_loop`] announces
+    /// it with the others that leave meanwhile.
+    fn departures_due(&self) {
+        let recent = self.departures_announced.get().is_some_and(|at| at.elapsed() < DEPARTURE_DELAY);
+        if recent {
+            let _ = self.departures.0.try_send(());
+        } else {
+            self.announce_departures();
+        }
+    }
+
+    fn announce_departures(&self) {
+        if self.registry.borrow().has_departures() {
+            self.registry.borrow_mut().handle_departures();
+            self.dispatch();
+            self.departures_announced.set(Some(Instant::now()));
+        }
+    }
+
     /// Moves every output of the registry to the sockets. A connection
     /// whose queue is full is reported: the relay never waits for one slow
     /// peer, and the registry closes it.
@@ -242,6 +266,8 @@ fn serve(
         config,
         relay,
         relay_streams: RefCell::new(HashMap::new()),
+        departures: async_channel::bounded(1),
+        departures_announced: Cell::new(None),
         next_relay_stream: Cell::new(0),
     });
     let ex = Rc::new(LocalExecutor::new());
@@ -256,6 +282,7 @@ fn serve(
         let notifier = Notifier::from_env();
         notifier.ready();
         ex.spawn(tick_loop(shared.clone(), notifier)).detach();
+        ex.spawn(departures_loop(shared.clone())).detach();
         wait_for_shutdown(&shared, signals).await;
         Notifier::from_env().stopping();
         shutdown(&shared).await;
@@ -326,6 +353,23 @@ async fn tick_loop(shared: Rc<Shared>, mut notifier: Notifier) {
 }
 
 const TICK: Duration = Duration::from_secs(5);
+/// Departures are announced at most this often: a lone one at once, those
+/// that follow within this time together, to whoever is still connected
+/// then. When a crowd leaves together most of it has gone by then and is
+/// told nothing (see `Hub::handle_departures`).
+const DEPARTURE_DELAY: Duration = Duration::from_millis(200);
+
+/// Announces the departures that came too soon after the last announcement.
+async fn departures_loop(shared: Rc<Shared>) {
+    while shared.departures.1.recv().await.is_ok() {
+        if let Some(at) = shared.departures_announced.get() {
+            Timer::at(at + DEPARTURE_DELAY).await;
+        }
+        // A wake-up that came during the wait is served by this round.
+        let _ = shared.departures.1.try_recv();
+        shared.announce_departures();
+    }
+}
 /// Connections closed since the highest count before memory is trimmed.
 const TRIM_AFTER_CLOSED: usize = 256;
 

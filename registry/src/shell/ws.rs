@@ -123,6 +123,7 @@ where
     shared.conns.borrow_mut().remove(&conn);
     shared.registry.borrow_mut().handle_ws_closed(conn);
     shared.dispatch();
+    shared.departures_due();
     log::info!("peer {} disconnected (connection {conn})", identity.peer_id);
 }
 
