@@ -184,8 +184,11 @@ pub fn run(config: ShellConfig) -> Result<(), String> {
             ex: ex.clone(),
             notifier,
             buf: vec![0u8; 65_536],
+            outgoing: Vec::new(),
+            delivered: false,
         };
         driver.flush();
+        driver.send_outgoing();
         let inputs =
             Inputs { commands: &cmd_rx, signaling: &sig_rx, lookups: &lookup_rx, streams: &stream_rx, stop: &stop_rx };
         driver.run(inputs).await;
@@ -256,6 +259,11 @@ struct Driver {
     ex: Rc<LocalExecutor<'static>>,
     notifier: Notifier,
     buf: Vec<u8>,
+    /// Datagrams held back until the agents' writers have run: see
+    /// [`Driver::flush`].
+    outgoing: Vec<(SocketAddr, Vec<u8>)>,
+    /// Lines for agents were queued since the writers last ran.
+    delivered: bool,
 }
 
 enum Wake {
@@ -331,6 +339,12 @@ impl Driver {
             }
             self.flush();
             self.service(&inputs);
+            if std::mem::take(&mut self.delivered) {
+                // The agents' writers first: a message's line goes out
+                // before the acknowledgement its arrival caused.
+                futures_lite::future::yield_now().await;
+            }
+            self.send_outgoing();
             if let (Some(at), Some(every)) = (next_watchdog, watchdog)
                 && at <= Instant::now()
             {
@@ -489,14 +503,19 @@ impl Driver {
         self.node.handle_signaling(ev, now);
     }
 
-    /// Carries out everything the core asks.
+    /// Carries out everything the core asks. Once a line for an agent is
+    /// queued, datagrams wait in `outgoing` until the loop has let the
+    /// agents' writers run ([`Driver::send_outgoing`]): a DataChannel
+    /// message usually comes with the SCTP acknowledgement it caused, and
+    /// encrypting and sending that first only delayed the message.
     fn flush(&mut self) {
         while let Some(out) = self.node.poll_output() {
             match out {
                 NodeOutput::Transmit { destination, contents } => {
-                    if let Err(e) = self.udp.send(destination, &contents) {
-                        // UDP is lossy anyway; ICE, DTLS and SCTP retransmit.
-                        log::debug!("UDP send to {destination}: {e}");
+                    if self.delivered || !self.outgoing.is_empty() {
+                        self.outgoing.push((destination, contents));
+                    } else {
+                        self.send(destination, &contents);
                     }
                 }
                 NodeOutput::Signal(text) => {
@@ -510,6 +529,7 @@ impl Driver {
                     }
                 }
                 NodeOutput::Event { to, event } => {
+                    self.delivered = true;
                     self.hub.borrow_mut().deliver(to, &event);
                     // Held back at once, before the next datagram of the peer.
                     while let Some((peer, on)) = self.hub.borrow_mut().take_throttle() {
@@ -549,13 +569,34 @@ impl Driver {
         }
     }
 
+    fn send(&self, destination: SocketAddr, contents: &[u8]) {
+        if let Err(e) = self.udp.send(destination, contents) {
+            // UDP is lossy anyway; ICE, DTLS and SCTP retransmit.
+            log::debug!("UDP send to {destination}: {e}");
+        }
+    }
+
+    /// [`Driver::flush`] without holding datagrams back (shutting down:
+    /// goodbyes first).
+    fn flush_now(&mut self) {
+        self.flush();
+        self.delivered = false;
+        self.send_outgoing();
+    }
+
+    fn send_outgoing(&mut self) {
+        for (destination, contents) in std::mem::take(&mut self.outgoing) {
+            self.send(destination, &contents);
+        }
+    }
+
     /// Says goodbye on every link and closes the WebSocket, within
     /// [`SHUTDOWN_GRACE`].
     async fn shutdown(&mut self, signaling: &async_channel::Receiver<SignalingEvent>) {
         self.notifier.stopping();
         let end = Instant::now() + SHUTDOWN_GRACE;
         self.node.shutdown(Instant::now());
-        self.flush();
+        self.flush_now();
         let _ = self.out_tx.try_send(Outgoing::Close);
         while !self.node.is_idle() && Instant::now() < end {
             let deadline = self.node.poll_timeout().min(end);
@@ -566,7 +607,7 @@ impl Driver {
             while signaling.try_recv().is_ok() {}
             self.drain_socket();
             self.node.handle_timeout(Instant::now());
-            self.flush();
+            self.flush_now();
         }
     }
 }
