@@ -179,7 +179,7 @@ impl Hub {
 
     /// Announces the departures since the last call to whoever is
     /// connected now. The shell calls it at once for a lone departure and
-    /// at most every 200 ms (docs/PROTOCOL.md, "Leaving"): when a crowd
+    /// gathers those that follow (docs/PROTOCOL.md, "Leaving"): when a crowd
     /// leaves together (a gateway's uplink drops), announcing each
     /// departure at once to everyone still on the list cost n²/2 frames,
     /// mostly to sockets that were closing too (10,000 clients: about a
@@ -190,9 +190,21 @@ impl Hub {
         let mut departed = std::mem::take(&mut self.departed);
         departed.sort_unstable();
         departed.dedup();
-        for peer in departed {
-            if !self.by_peer.contains_key(&peer) {
-                self.announce_left(&peer, authz);
+        departed.retain(|peer| !self.by_peer.contains_key(peer));
+        if departed.is_empty() {
+            return;
+        }
+        let texts: Vec<String> = departed
+            .into_iter()
+            .map(|peer_id| Envelope::from_registry(types::PEER_LEFT, PeerLeftPayload { peer_id }).to_json())
+            .collect();
+        // Who may hear of them is asked once per batch, not once per
+        // departure and recipient.
+        let recipients: Vec<ConnId> =
+            self.by_peer.iter().filter(|(p, _)| authz.is_authorized(p)).map(|(_, &id)| id).collect();
+        for conn in recipients {
+            for text in &texts {
+                self.outputs.push_back(HubOutput::Send { conn, text: text.clone() });
             }
         }
     }

@@ -353,20 +353,23 @@ async fn tick_loop(shared: Rc<Shared>, mut notifier: Notifier) {
 }
 
 const TICK: Duration = Duration::from_secs(5);
-/// Departures are announced at most this often: a lone one at once, those
-/// that follow within this time together, to whoever is still connected
-/// then. When a crowd leaves together most of it has gone by then and is
-/// told nothing (see `Hub::handle_departures`).
+/// A lone departure is announced at once; those that follow within this
+/// time wait until this long passes without another (at most
+/// [`DEPARTURE_WAIT_MAX`]) and go out together, to whoever is still
+/// connected then. When a crowd leaves together most of it has gone by then
+/// and is told nothing (see `Hub::handle_departures`).
 const DEPARTURE_DELAY: Duration = Duration::from_millis(200);
+const DEPARTURE_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// Announces the departures that came too soon after the last announcement.
 async fn departures_loop(shared: Rc<Shared>) {
     while shared.departures.1.recv().await.is_ok() {
-        if let Some(at) = shared.departures_announced.get() {
-            Timer::at(at + DEPARTURE_DELAY).await;
+        let first = Instant::now();
+        Timer::after(DEPARTURE_DELAY).await;
+        // More came meanwhile: the crowd is still leaving.
+        while shared.departures.1.try_recv().is_ok() && first.elapsed() < DEPARTURE_WAIT_MAX {
+            Timer::after(DEPARTURE_DELAY).await;
         }
-        // A wake-up that came during the wait is served by this round.
-        let _ = shared.departures.1.try_recv();
         shared.announce_departures();
     }
 }
