@@ -36,7 +36,7 @@ type Flags = &'static [(&'static str, bool)];
 const SECTIONS: &[(&str, &str, Section, Flags)] = &[
     (
         "registry",
-        "registry RSS idle and with 1,000 clients, relay throughput and latency",
+        "registry RSS idle, with 10,000 clients and after they left, relay throughput and latency",
         registry::run,
         registry::FLAGS,
     ),
