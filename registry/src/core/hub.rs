@@ -191,22 +191,7 @@ impl Hub {
         departed.sort_unstable();
         departed.dedup();
         departed.retain(|peer| !self.by_peer.contains_key(peer));
-        if departed.is_empty() {
-            return;
-        }
-        let texts: Vec<String> = departed
-            .into_iter()
-            .map(|peer_id| Envelope::from_registry(types::PEER_LEFT, PeerLeftPayload { peer_id }).to_json())
-            .collect();
-        // Who may hear of them is asked once per batch, not once per
-        // departure and recipient.
-        let recipients: Vec<ConnId> =
-            self.by_peer.iter().filter(|(p, _)| authz.is_authorized(p)).map(|(_, &id)| id).collect();
-        for conn in recipients {
-            for text in &texts {
-                self.outputs.push_back(HubOutput::Send { conn, text: text.clone() });
-            }
-        }
+        self.announce_left(departed, authz);
     }
 
     /// A WebSocket-level ping or pong: proof of life.
@@ -339,6 +324,7 @@ impl Hub {
             }
             c.authorized = now_authorized;
         }
+        let mut left = Vec::new();
         for id in lost {
             let Some(c) = self.conns.remove(&id) else { continue };
             log::info!("peer {} lost its authorization; closing connection {id}", c.peer_id);
@@ -347,9 +333,10 @@ impl Hub {
                 self.by_peer.remove(&c.peer_id);
                 self.mesh_status.remove(&c.peer_id);
                 self.mesh_paths.remove(&c.peer_id);
-                self.announce_left(&c.peer_id, authz);
+                left.push(c.peer_id);
             }
         }
+        self.announce_left(left, authz);
         for (id, peer) in gained {
             self.send_peer_list(id, &peer, authz);
         }
@@ -398,11 +385,21 @@ impl Hub {
         self.outputs.push_back(HubOutput::Send { conn: to, text: text.to_owned() });
     }
 
-    fn announce_left(&mut self, peer_id: &str, authz: &dyn Authorize) {
-        let text = Envelope::from_registry(types::PEER_LEFT, PeerLeftPayload { peer_id: peer_id.to_owned() }).to_json();
-        for (p, &id) in &self.by_peer {
-            if p != peer_id && authz.is_authorized(p) {
-                self.outputs.push_back(HubOutput::Send { conn: id, text: text.clone() });
+    /// Tells every authorized peer connected now that `left` are gone. Who
+    /// may hear of them is asked once, not once per departure and recipient.
+    fn announce_left(&mut self, left: Vec<String>, authz: &dyn Authorize) {
+        if left.is_empty() {
+            return;
+        }
+        let texts: Vec<String> = left
+            .into_iter()
+            .map(|peer_id| Envelope::from_registry(types::PEER_LEFT, PeerLeftPayload { peer_id }).to_json())
+            .collect();
+        let recipients: Vec<ConnId> =
+            self.by_peer.iter().filter(|(p, _)| authz.is_authorized(p)).map(|(_, &id)| id).collect();
+        for conn in recipients {
+            for text in &texts {
+                self.outputs.push_back(HubOutput::Send { conn, text: text.clone() });
             }
         }
     }
