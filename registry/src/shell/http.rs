@@ -1,6 +1,6 @@
 //! One HTTP/1.1 connection served by hyper; `/ws` hands over to [`super::ws`].
 
-use super::{Shared, SocketGuard, now, rewind::Rewind, ws};
+use super::{Shared, SocketGuard, lean_stream::LeanStream, now, ws};
 use crate::core::api::request::{ApiRequest, MAX_BODY_BYTES};
 use crate::core::api::response::ApiResponse;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -135,7 +135,7 @@ fn upgrade(
         let Ok(parts) = upgraded.downcast::<FuturesIo<Async<TcpStream>>>() else {
             return log::error!("upgraded connection from {peer} is not a TCP stream");
         };
-        let stream = Rewind::new(parts.read_buf, parts.io.into_inner());
+        let stream = LeanStream::new(parts.read_buf, parts.io.into_inner());
         ws::run(shared, stream, identity, peer, guard).await;
     })
     .detach();

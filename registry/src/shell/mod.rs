@@ -6,9 +6,10 @@
 
 mod http;
 mod keys_file;
+mod lean_stream;
+mod mailbox;
 mod persist;
 mod relay;
-mod rewind;
 mod state_dir;
 mod ws;
 
@@ -21,6 +22,7 @@ use crate::core::token::TokenIssuer;
 use async_tungstenite::tungstenite::Message;
 use chatixia_settings::systemd::{Notifier, watchdog_interval};
 use keys_file::load_keys;
+use mailbox::Mailbox;
 pub use relay::RelaySettings;
 use smol::{Async, LocalExecutor, Timer};
 use state_dir::StateDir;
@@ -56,33 +58,10 @@ pub struct ShellConfig {
     pub relay: Option<RelaySettings>,
 }
 
-/// A WebSocket's outgoing side, as the dispatcher sees it.
-struct ConnHandle {
-    /// Unbounded, but the dispatcher caps its length at `ws_send_queue`: a
-    /// bounded channel allocates and writes every slot up front (256 × 64
-    /// bytes = 16 KiB per client, 40 % of the registry's RSS with 1,000
-    /// idle clients); this one grows in blocks of 31 as frames queue.
-    tx: async_channel::Sender<Message>,
-    close: Rc<Cell<Option<(u16, &'static str)>>>,
-    /// Never carries a message; closing it ends the connection even while
-    /// its writer is blocked on a client that does not read.
-    stop: async_channel::Sender<()>,
-}
-
-impl ConnHandle {
-    fn close(&self, code: u16, reason: &'static str) {
-        if self.close.get().is_none() {
-            self.close.set(Some((code, reason)));
-        }
-        self.tx.close();
-        self.stop.close();
-    }
-}
-
 struct Shared {
     registry: RefCell<Registry>,
     persister: persist::Persister,
-    conns: RefCell<HashMap<ConnId, ConnHandle>>,
+    conns: RefCell<HashMap<ConnId, Rc<Mailbox>>>,
     next_conn: Cell<ConnId>,
     open_sockets: Cell<usize>,
     config: ShellConfig,
@@ -127,24 +106,24 @@ impl Shared {
         while let Some(out) = registry.poll_output() {
             match out {
                 RegistryOutput::Send { conn, text } => {
-                    let Some(h) = conns.get(&conn) else { continue };
-                    if h.tx.is_closed() {
+                    let Some(mb) = conns.get(&conn) else { continue };
+                    if mb.is_closing() {
                         continue;
                     }
-                    if h.tx.len() >= self.config.ws_send_queue {
+                    if mb.len() >= self.config.ws_send_queue {
                         registry.handle_slow_consumer(conn);
                     } else {
-                        let _ = h.tx.try_send(Message::text(text));
+                        mb.push(Message::text(text));
                     }
                 }
                 RegistryOutput::Ping { conn } => {
-                    if let Some(h) = conns.get(&conn).filter(|h| h.tx.len() < self.config.ws_send_queue) {
-                        let _ = h.tx.try_send(Message::Ping(Default::default()));
+                    if let Some(mb) = conns.get(&conn).filter(|mb| mb.len() < self.config.ws_send_queue) {
+                        mb.push(Message::Ping(Default::default()));
                     }
                 }
                 RegistryOutput::Close { conn, code, reason } => {
-                    if let Some(h) = conns.get(&conn) {
-                        h.close(code, reason);
+                    if let Some(mb) = conns.get(&conn) {
+                        mb.close(code, reason);
                     }
                 }
                 RegistryOutput::RelayDatagram { to, bytes } => {
@@ -162,8 +141,8 @@ impl Shared {
                     }
                 }
                 RegistryOutput::RelayStream { conn, bytes } => {
-                    if let Some(h) = conns.get(&conn).filter(|h| h.tx.len() < self.config.ws_send_queue) {
-                        let _ = h.tx.try_send(Message::binary(bytes));
+                    if let Some(mb) = conns.get(&conn).filter(|mb| mb.len() < self.config.ws_send_queue) {
+                        mb.push(Message::binary(bytes));
                     }
                 }
                 // Only TCP connections are closed; dropping the writer
@@ -403,8 +382,8 @@ fn reload_keys(shared: &Shared) {
 
 /// Closes every WebSocket with "going away" and gives them a moment to flush.
 async fn shutdown(shared: &Shared) {
-    for h in shared.conns.borrow().values() {
-        h.close(1001, "registry shutting down");
+    for mb in shared.conns.borrow().values() {
+        mb.close(1001, "registry shutting down");
     }
     let deadline = Instant::now() + Duration::from_secs(1);
     while !shared.conns.borrow().is_empty() && Instant::now() < deadline {

@@ -1,7 +1,8 @@
 //! One signaling WebSocket: frames in go to the registry, its frames for
 //! this connection come out of a bounded queue.
 
-use super::{ConnHandle, Shared, SocketGuard, now};
+use super::mailbox::Mailbox;
+use super::{Shared, SocketGuard, now};
 use crate::core::token::Identity;
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::frame::Frame;
@@ -10,7 +11,6 @@ use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use futures_lite::{AsyncRead, AsyncWrite};
 use futures_util::{SinkExt, StreamExt};
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -20,10 +20,15 @@ use std::time::Duration;
 const BURST: usize = 32;
 
 /// Longer outgoing messages go out fragmented (a text frame, then
-/// continuation frames) into frames of this many bytes. tungstenite's write buffer keeps the capacity of the
-/// largest frame it ever wrote, for the life of the connection; a
-/// `peer_list` of 1,000 peers is 13 KB, and sidecars re-register.
-const MAX_OUT_FRAME: usize = 4096;
+/// continuation frames) into frames of this many bytes. tungstenite's write
+/// buffer keeps the capacity of the largest frame it ever wrote, for the
+/// life of the connection (a `peer_list` of 1,000 peers is 13 KB, and
+/// sidecars re-register); the frames of one flush still leave together
+/// (see `lean_stream.rs`).
+const MAX_OUT_FRAME: usize = 1024;
+/// tungstenite's read buffer, kept for the life of the connection: it reads
+/// at most this much per call, from bytes `LeanStream` already holds.
+const READ_BUFFER: usize = 1024;
 
 /// How long a closing connection may take to send its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -33,9 +38,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Small buffers: the 128 KiB default read buffer per client would be
-    // most of the memory of an idle registry with many clients.
+    // most of the memory of an idle registry with many clients. Each frame
+    // is handed to the stream at once, which gathers them until a flush.
     let mut config = WebSocketConfig::default();
-    config.read_buffer_size = 4096;
+    config.read_buffer_size = READ_BUFFER;
     config.write_buffer_size = 0;
     config.max_write_buffer_size = 4 * 1024 * 1024;
     config.max_message_size = Some(shared.config.ws_hard_cap);
@@ -44,11 +50,9 @@ where
 
     let conn = shared.next_conn.get();
     shared.next_conn.set(conn + 1);
-    // At most ws_send_queue frames: the dispatcher checks (see ConnHandle).
-    let (tx, rx) = async_channel::unbounded();
-    let (stop, stopped) = async_channel::bounded(1);
-    let close = Rc::new(Cell::new(None));
-    shared.conns.borrow_mut().insert(conn, ConnHandle { tx, close: close.clone(), stop });
+    // At most ws_send_queue frames: the dispatcher checks.
+    let mailbox = Rc::new(Mailbox::default());
+    shared.conns.borrow_mut().insert(conn, mailbox.clone());
     shared.registry.borrow_mut().handle_ws_open(conn, &identity, now());
     shared.dispatch();
     log::info!("peer {} connected from {peer} (connection {conn})", identity.peer_id);
@@ -83,28 +87,25 @@ where
         None
     };
     let writer = async {
-        while let Ok(msg) = rx.recv().await {
-            if close.get().is_some() {
-                break;
-            }
+        while let Some(msg) = mailbox.next().await {
             let mut result = feed(&mut sink, msg).await;
-            while result.is_ok() && close.get().is_none() {
-                match rx.try_recv() {
-                    Ok(more) => result = feed(&mut sink, more).await,
-                    Err(_) => break,
+            while result.is_ok() {
+                match mailbox.try_next() {
+                    Some(more) => result = feed(&mut sink, more).await,
+                    None => break,
                 }
             }
             if result.is_err() || sink.flush().await.is_err() {
                 return None;
             }
         }
-        close.get().map(|(code, reason)| (CloseCode::from(code), reason))
+        mailbox.close_reason().map(|(code, reason)| (CloseCode::from(code), reason))
     };
     // The writer notices a close only between frames; a client that stopped
     // reading leaves it blocked in a write, so the close also comes this way.
     let stop = async {
-        let _ = stopped.recv().await;
-        close.get().map(|(code, reason)| (CloseCode::from(code), reason))
+        let (code, reason) = mailbox.closing().await;
+        Some((CloseCode::from(code), reason))
     };
     let close_with = futures_lite::future::or(futures_lite::future::or(reader, writer), stop).await;
     let frame = close_with.map(|(code, reason)| CloseFrame { code, reason: reason.into() });
