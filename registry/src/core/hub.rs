@@ -391,12 +391,15 @@ impl Hub {
         if left.is_empty() {
             return;
         }
+        let recipients: Vec<ConnId> =
+            self.by_peer.iter().filter(|(p, _)| authz.is_authorized(p)).map(|(_, &id)| id).collect();
+        if recipients.is_empty() {
+            return;
+        }
         let texts: Vec<String> = left
             .into_iter()
             .map(|peer_id| Envelope::from_registry(types::PEER_LEFT, PeerLeftPayload { peer_id }).to_json())
             .collect();
-        let recipients: Vec<ConnId> =
-            self.by_peer.iter().filter(|(p, _)| authz.is_authorized(p)).map(|(_, &id)| id).collect();
         for conn in recipients {
             for text in &texts {
                 self.outputs.push_back(HubOutput::Send { conn, text: text.clone() });
