@@ -107,8 +107,9 @@ pub fn run(config: ShellConfig) -> Result<(), String> {
         .map_err(|e| format!("IPC socket: {e}"))?;
     log::info!("IPC socket listening at {}", ipc_socket.path().display());
 
-    // The first certificate costs ~40 ms (aws-lc seeds its entropy); made
-    // here, on a thread of its own, it overlaps the token exchange instead
+    // The first certificate costs ~40 ms (aws-lc seeds its entropy) and
+    // the DTLS configuration ~9 ms (dimpl checks its crypto provider); made
+    // here, on a thread of its own, they overlap the token exchange instead
     // of delaying the first link.
     let identity = std::thread::Builder::new()
         .name("dtls-cert".into())
@@ -116,6 +117,10 @@ pub fn run(config: ShellConfig) -> Result<(), String> {
             let started = Instant::now();
             let identity = DtlsIdentity::generate();
             log::debug!("DTLS certificate made in {:?}", started.elapsed());
+            let started = Instant::now();
+            if std::panic::catch_unwind(crate::core::dtls::prepare).is_ok() {
+                log::debug!("DTLS configuration made in {:?}", started.elapsed());
+            }
             identity
         })
         .map_err(|e| format!("cannot start a thread: {e}"))?;
