@@ -82,6 +82,10 @@ impl<S: AsyncWrite + Unpin> LeanStream<S> {
 impl<S: AsyncRead + Unpin> AsyncRead for LeanStream<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if buf.is_empty() {
+            // Reading from the socket now would keep bytes nobody asked for.
+            return Poll::Ready(Ok(0));
+        }
         if this.unread_at < this.unread.len() {
             let n = (this.unread.len() - this.unread_at).min(buf.len());
             buf[..n].copy_from_slice(&this.unread[this.unread_at..this.unread_at + n]);
