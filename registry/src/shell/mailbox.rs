@@ -62,11 +62,11 @@ impl Mailbox {
     /// The next frame to send, waiting for one; `None` once closing.
     pub async fn next(&self) -> Option<Message> {
         poll_fn(|cx| {
-            if self.is_closing() {
-                return Poll::Ready(None);
-            }
             if let Some(msg) = self.try_next() {
                 return Poll::Ready(Some(msg));
+            }
+            if self.is_closing() {
+                return Poll::Ready(None);
             }
             self.register(cx.waker());
             Poll::Pending
