@@ -171,10 +171,8 @@ mod tests {
         let provider = crypto_provider();
         let cert = provider.dtls_provider.generate_certificate().expect("a certificate");
         let now = crate::core::sim::start();
-        // Other tests of this process may have made links already, with
-        // str0m's MTU: the cached one is whichever came first.
         prepare();
-        let (mtu, config) = CONFIG.get().expect("made by the first link");
+        let (mtu, config) = CONFIG.get().expect("made by prepare");
         let a = provider.dtls_provider.new_dtls(&cert, now, DtlsVersion::Auto, *mtu).unwrap();
         let b = provider.dtls_provider.new_dtls(&cert, now, DtlsVersion::Dtls12, *mtu).unwrap();
         // The cache's, and both links'.
